@@ -1,0 +1,1 @@
+"""Bundled search spaces: each module has a function ``space(...)`` returning a sweep spec."""

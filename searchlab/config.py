@@ -1,0 +1,77 @@
+"""The trial config: a plain nested dict with these groups and defaults (DESIGN.md section 4).
+
+A trial's config is merged over ``DEFAULTS``; an unknown group or key is an error that names the
+valid ones, so a typo never silently trains the default.
+"""
+import copy
+
+from searchlab.errors import UserError
+
+DEFAULTS = {
+    "data": {
+        "dataset": "digits",    # digits | cifar10 | cifar100
+        "val_size": 0.1,        # count or fraction of the training set, seeded split
+        "train_size": None,     # optional subset sizes (count or fraction)
+        "test_size": None,
+        "split_seed": 0,        # the validation split stays fixed across trial seeds
+        "root": None,           # default: $SEARCHLAB_DATA
+    },
+    "model": {
+        "name": "small_cnn",
+        "weights": None,        # path to a local state_dict (e.g. ImageNet weights)
+    },
+    "optim": {
+        "lr": 0.1,
+        "momentum": 0.9,
+        "nesterov": False,
+        "weight_decay": 5e-4,
+        "batch_size": 128,
+        "epochs": 10,
+        "schedule": "cosine",   # cosine | step | constant
+        "milestones": [0.5, 0.75],  # step schedule: fractions of the epochs (or epoch numbers)
+        "gamma": 0.1,
+        "warmup_epochs": 0,     # linear warmup from 0 to lr, per step
+    },
+    "augment": {
+        "pipeline": [{"op": "flip", "p": 0.5}, {"op": "pad_crop", "padding": 4}],
+    },
+    "seed": 0,
+    "device": "auto",           # auto | cpu | cuda
+    "threads": None,            # torch intra-op threads; default: the trial's CPU count
+}
+
+SCHEDULES = ("cosine", "step", "constant")
+
+
+def resolve(config):
+    """Return DEFAULTS updated with ``config``; raise UserError on unknown keys or names."""
+    from searchlab import augment, data, models
+
+    cfg = _merge(DEFAULTS, config or {}, "config")
+    _one_of("data.dataset", cfg["data"]["dataset"], data.DATASETS)
+    _one_of("model.name", cfg["model"]["name"], models.MODELS)
+    _one_of("optim.schedule", cfg["optim"]["schedule"], SCHEDULES)
+    _one_of("device", cfg["device"], ("auto", "cpu", "cuda"))
+    augment.validate(cfg["augment"]["pipeline"])
+    return cfg
+
+
+def _one_of(key, value, valid):
+    if value not in valid:
+        raise UserError(f"unknown {key} {value!r}; valid: {', '.join(valid)}")
+
+
+def _merge(defaults, given, where):
+    unknown = set(given) - set(defaults)
+    if unknown:
+        raise UserError(f"unknown key(s) {', '.join(sorted(map(str, unknown)))} in {where}; "
+                        f"valid: {', '.join(defaults)}")
+    merged = copy.deepcopy(defaults)
+    for key, value in given.items():
+        if isinstance(defaults[key], dict):
+            if not isinstance(value, dict):
+                raise UserError(f"{where}.{key} must be a dict of {', '.join(defaults[key])}")
+            merged[key] = _merge(defaults[key], value, key if where == "config" else f"{where}.{key}")
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged

@@ -1,0 +1,145 @@
+"""The Tune trainable: one trial, top to bottom.
+
+set up -> resume -> epoch loop (train, evaluate, keep the best-validation state, report with a
+checkpoint). Regimes (augmentations now; split BatchNorm, refinement later) change what a batch
+becomes and what the loss is; they plug in at the marked places, not by subclassing.
+"""
+import copy
+import glob
+import json
+import os
+import random
+import tempfile
+import time
+
+import numpy as np
+import torch
+from ray import tune
+
+from searchlab.augment import Pipeline
+from searchlab.config import resolve
+from searchlab.data import load_dataset
+from searchlab.models import build_model
+from searchlab.train import evaluate, lr_at, make_optimizer, train_epoch
+from searchlab.version import code_version
+
+STATE_FILE = "state.pt"
+
+
+def train(config, experiment_dir=None):
+    cfg = resolve(config)
+    optim = cfg["optim"]
+
+    # ---- set up ---------------------------------------------------------------------------
+    device = pick_device(cfg["device"])
+    torch.set_num_threads(cfg["threads"] or trial_cpus())
+    seed_everything(cfg["seed"])
+    d = cfg["data"]
+    data = load_dataset(d["dataset"], val_size=d["val_size"], train_size=d["train_size"],
+                        test_size=d["test_size"], split_seed=d["split_seed"], root=d["root"]).to(device)
+    model = build_model(cfg["model"]["name"], data.num_classes, in_channels=data.train.x.shape[1],
+                        weights=cfg["model"]["weights"]).to(device)
+    optimizer = make_optimizer(model, optim)
+    augment = Pipeline(cfg["augment"]["pipeline"])  # regime hook: what a training batch becomes
+    record_trial(cfg)
+
+    # ---- resume ---------------------------------------------------------------------------
+    best = {"epoch": 0, "val_acc": -1.0, "test_acc": 0.0, "model": copy.deepcopy(model.state_dict())}
+    start = 0
+    state = latest_state(tune.get_checkpoint(), experiment_dir)
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        best, start = state["best"], state["epoch"]
+
+    # ---- epoch loop -----------------------------------------------------------------------
+    for epoch in range(start, optim["epochs"]):
+        began = time.perf_counter()
+        # One generator per (seed, epoch): shuffling and augmentation replay exactly on resume.
+        generator = torch.Generator(device).manual_seed(cfg["seed"] * 100_003 + epoch)
+        train_loss, train_acc = train_epoch(model, data, optimizer, optim, epoch, augment, generator)
+        val_loss, val_acc = evaluate(model, data.val, data.mean, data.std)
+        test_loss, test_acc = evaluate(model, data.test, data.mean, data.std)
+        if val_acc > best["val_acc"]:
+            best = {"epoch": epoch + 1, "val_acc": val_acc, "test_acc": test_acc,
+                    "model": copy.deepcopy(model.state_dict())}
+        metrics = {
+            "epoch": epoch + 1,
+            "train_loss": train_loss,
+            "train_acc": train_acc,
+            "val_loss": val_loss,
+            "val_acc": val_acc,
+            "test_loss": test_loss,
+            "test_acc": test_acc,
+            "lr": lr_at(optim, epoch + 1),
+            "epoch_time": time.perf_counter() - began,
+            "best_epoch": best["epoch"],
+            "best_val_acc": best["val_acc"],
+            "test_acc_at_best": best["test_acc"],
+        }
+        with tempfile.TemporaryDirectory() as folder:
+            torch.save({"epoch": epoch + 1, "model": model.state_dict(),
+                        "optimizer": optimizer.state_dict(), "best": best, "config": cfg},
+                       os.path.join(folder, STATE_FILE))
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
+
+
+def latest_state(checkpoint, experiment_dir):
+    """The newest loadable training state of this trial, or None for a fresh start.
+
+    Tune hands back the checkpoint named in its last experiment snapshot, which can be older than
+    the newest one on storage when the driver was killed; so the trial's own checkpoint folders are
+    searched as well. Checkpoints that exist but cannot be loaded are an error, never a silent
+    fresh start; a newest one cut short by a kill is skipped for the one before it.
+    """
+    candidates = []
+    if experiment_dir:
+        trial_id = tune.get_context().get_trial_id()
+        candidates = glob.glob(os.path.join(experiment_dir, f"*_{trial_id}_*", "checkpoint_*", STATE_FILE))
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            candidates.append(os.path.join(folder, STATE_FILE))
+            return _newest(candidates)
+    return _newest(candidates)
+
+
+def _newest(paths):
+    states, errors = [], []
+    for path in set(paths):
+        try:
+            states.append(torch.load(path, map_location="cpu", weights_only=False))
+        except Exception as e:
+            errors.append(f"{path}: {type(e).__name__}: {e}")
+    if errors and not states:
+        raise RuntimeError(f"cannot resume: every checkpoint is unreadable ({'; '.join(errors)})")
+    return max(states, key=lambda s: s["epoch"], default=None)
+
+
+def pick_device(name):
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
+def trial_cpus():
+    """CPUs Tune reserved for this trial (torch would otherwise use every core of the node)."""
+    try:
+        bundles = tune.get_context().get_trial_resources().bundles
+        return max(1, int(sum(b.get("CPU", 0) for b in bundles)))
+    except Exception:  # called outside a Tune session, e.g. from a test
+        return max(1, torch.get_num_threads())
+
+
+def seed_everything(seed):
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)  # seeds CUDA too
+
+
+def record_trial(cfg):
+    """Write the resolved config, seed and code version into the trial directory."""
+    folder = tune.get_context().get_trial_dir()
+    if folder:
+        with open(os.path.join(folder, "searchlab_trial.json"), "w") as f:
+            json.dump({"config": cfg, "seed": cfg["seed"], "code_version": code_version()}, f,
+                      indent=2, default=str)
