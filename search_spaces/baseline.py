@@ -1,7 +1,7 @@
 """CIFAR-10 ResNet baselines with the settings of He et al. (2016), section 4.2.
 
     searchlab sweep baseline                                  # ResNet-20..110, 182 epochs each
-    searchlab sweep baseline --arg smoke=True                 # ResNet-20, 3 epochs, 5k images: ~3 min on 2 CPUs
+    searchlab sweep baseline --arg smoke=True                 # ResNet-20, 5 epochs, 5k images: ~2 min on 2 CPUs
     searchlab sweep baseline --arg "depths=[20, 56]" --arg seeds=3
 
 Paper settings: SGD lr 0.1, momentum 0.9, weight decay 1e-4, batch 128, 64k iterations (~182 epochs
@@ -20,7 +20,7 @@ def space(smoke: bool = False, depths=(20, 32, 44, 56, 110), seeds: int = 1, gpu
                      **({"train_size": 5000, "val_size": 1000, "test_size": 2000} if smoke else {})},
             "model": {"name": tune.grid_search(models)},
             "optim": {"lr": 0.1, "momentum": 0.9, "weight_decay": 1e-4, "batch_size": 128,
-                      "epochs": 3 if smoke else 182, "schedule": "step",
+                      "epochs": 5 if smoke else 182, "schedule": "step",
                       "milestones": [91, 136] if not smoke else [0.5, 0.75], "gamma": 0.1},
             "augment": {"pipeline": [{"op": "flip", "p": 0.5}, {"op": "pad_crop", "padding": 4}]},
             "seed": tune.grid_search(list(range(seeds))),

@@ -54,13 +54,21 @@ def data_root(root=None):
     return Path(root).expanduser()
 
 
-def _load_numpy(name, root):
+def require(name, root=None):
+    """The four numpy files of a dataset by name; a one-line UserError if any is missing."""
+    if name == "digits":
+        return None
     folder = data_root(root) / name
     files = {k: folder / f"{k}.npy" for k in ("train_x", "train_y", "test_x", "test_y")}
     missing = [p.name for p in files.values() if not p.is_file()]
     if missing:
         raise UserError(f"dataset {name!r} not found: {folder} lacks {', '.join(missing)}; "
                         f"run `searchlab data prepare {name}` or set SEARCHLAB_DATA")
+    return files
+
+
+def _load_numpy(name, root):
+    files = require(name, root)
     arrays = {k: np.load(p) for k, p in files.items()}
     for k in ("train_x", "test_x"):
         if arrays[k].dtype != np.uint8 or arrays[k].ndim != 4:

@@ -118,6 +118,15 @@ def check(spec, name):
     return spec
 
 
+def check_data(spec):
+    """Fail early, on the driver, when a dataset the sweep needs is not on disk."""
+    from searchlab.data import require
+
+    for example in examples(spec["param_space"]):
+        data = resolve(example)["data"]
+        require(data["dataset"], data["root"])
+
+
 def examples(param_space):
     """Trial configs in which each alternative of each choice appears at least once."""
     return [_optuna_example(param_space)] if callable(param_space) else _examples(param_space)

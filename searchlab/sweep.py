@@ -22,6 +22,8 @@ STATUS_METRICS = ("epoch", "train_loss", "val_acc", "best_val_acc", "test_acc_at
 def run(space, args=None, name=None, storage=None, address=None):
     """Start a sweep; return the experiment directory."""
     spec = spaces.load(space, args)
+    if not address:  # on a cluster the data lives on the workers, which the driver cannot see
+        spaces.check_data(spec)
     name = name or f"{Path(space).stem}-{datetime.datetime.now():%Y%m%d-%H%M%S}"
     storage = Path(storage or os.environ.get("SEARCHLAB_RESULTS", DEFAULT_STORAGE)).expanduser().resolve()
     experiment = storage / name
@@ -92,22 +94,33 @@ def trial_table(experiment):
     read_record(experiment)
     if not glob.glob(str(experiment / "experiment_state-*.json")):
         return []
-    analysis = ExperimentAnalysis(str(experiment))
+    trials = sorted(ExperimentAnalysis(str(experiment)).trials, key=str)
+    configs = [spaces.flatten(t.config) for t in trials]
+    # The config keys whose values differ between trials say what each trial is.
+    varying = [k for k in configs[0] if len({repr(c.get(k)) for c in configs}) > 1] if configs else []
     rows = []
-    for trial in analysis.trials:
+    for trial, config in zip(trials, configs):
         result = trial.last_result or {}
         rows.append({"trial": str(trial), "status": trial.status,
+                     **{k: _short(config.get(k)) for k in varying},
                      **{k: result[k] for k in STATUS_METRICS if k in result}})
     return rows
+
+
+def _short(value):
+    """A config value as a table cell: op lists by their names."""
+    if isinstance(value, list) and all(isinstance(v, dict) and "op" in v for v in value):
+        return "+".join(v["op"] for v in value) or "none"
+    return value
 
 
 def format_table(rows):
     if not rows:
         return "no trials yet"
-    columns = ["trial", "status", *[k for k in STATUS_METRICS if any(k in r for r in rows)]]
+    columns = list(dict.fromkeys(k for r in rows for k in r))
 
     def cell(value):
-        return f"{value:.4f}" if isinstance(value, float) else str(value)
+        return f"{value:.4g}" if isinstance(value, float) else str(value)
 
     cells = [[cell(r.get(c, "")) for c in columns] for r in rows]
     widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
