@@ -45,15 +45,22 @@ def train(config, experiment_dir=None):
 
     # ---- resume ---------------------------------------------------------------------------
     best = {"epoch": 0, "val_acc": -1.0, "test_acc": 0.0, "model": copy.deepcopy(model.state_dict())}
-    start = 0
-    state = latest_state(tune.get_checkpoint(), experiment_dir)
+    history = []  # every epoch's metrics, kept in the checkpoint
+    trial_dir = storage_trial_dir(experiment_dir)
+    state = latest_state(tune.get_checkpoint(), trial_dir)
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        best, start = state["best"], state["epoch"]
+        best, history = state["best"], state["history"]
+        # An epoch whose checkpoint was saved but whose report never reached the results (the
+        # driver stopped in between) is reported now, so that its curves have no hole.
+        logged = logged_epochs(trial_dir)
+        for metrics in history:
+            if metrics["epoch"] not in logged:
+                tune.report(metrics)
 
     # ---- epoch loop -----------------------------------------------------------------------
-    for epoch in range(start, optim["epochs"]):
+    for epoch in range(len(history), optim["epochs"]):
         began = time.perf_counter()
         # One generator per (seed, epoch): shuffling and augmentation replay exactly on resume.
         generator = torch.Generator(device).manual_seed(cfg["seed"] * 100_003 + epoch)
@@ -77,14 +84,23 @@ def train(config, experiment_dir=None):
             "best_val_acc": best["val_acc"],
             "test_acc_at_best": best["test_acc"],
         }
+        history.append(metrics)
         with tempfile.TemporaryDirectory() as folder:
-            torch.save({"epoch": epoch + 1, "model": model.state_dict(),
-                        "optimizer": optimizer.state_dict(), "best": best, "config": cfg},
+            torch.save({"epoch": epoch + 1, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                        "best": best, "history": history, "config": cfg},
                        os.path.join(folder, STATE_FILE))
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
 
 
-def latest_state(checkpoint, experiment_dir):
+def storage_trial_dir(experiment_dir):
+    """This trial's folder on the experiment storage (Tune's trial dir is a local staging copy)."""
+    if not experiment_dir:
+        return None
+    found = glob.glob(os.path.join(experiment_dir, f"*_{tune.get_context().get_trial_id()}_*"))
+    return found[0] if found else None
+
+
+def latest_state(checkpoint, trial_dir):
     """The newest loadable training state of this trial, or None for a fresh start.
 
     Tune hands back the checkpoint named in its last experiment snapshot, which can be older than
@@ -92,15 +108,11 @@ def latest_state(checkpoint, experiment_dir):
     searched as well. Checkpoints that exist but cannot be loaded are an error, never a silent
     fresh start; a newest one cut short by a kill is skipped for the one before it.
     """
-    candidates = []
-    if experiment_dir:
-        trial_id = tune.get_context().get_trial_id()
-        candidates = glob.glob(os.path.join(experiment_dir, f"*_{trial_id}_*", "checkpoint_*", STATE_FILE))
-    if checkpoint is not None:
-        with checkpoint.as_directory() as folder:
-            candidates.append(os.path.join(folder, STATE_FILE))
-            return _newest(candidates)
-    return _newest(candidates)
+    paths = glob.glob(os.path.join(trial_dir, "checkpoint_*", STATE_FILE)) if trial_dir else []
+    if checkpoint is None:
+        return _newest(paths)
+    with checkpoint.as_directory() as folder:
+        return _newest(paths + [os.path.join(folder, STATE_FILE)])
 
 
 def _newest(paths):
@@ -113,6 +125,21 @@ def _newest(paths):
     if errors and not states:
         raise RuntimeError(f"cannot resume: every checkpoint is unreadable ({'; '.join(errors)})")
     return max(states, key=lambda s: s["epoch"], default=None)
+
+
+def logged_epochs(trial_dir):
+    """Epochs already in the trial's result.json on storage."""
+    path = os.path.join(trial_dir or "", "result.json")
+    if not os.path.isfile(path):
+        return set()
+    epochs = set()
+    with open(path) as f:
+        for line in f:
+            try:
+                epochs.add(json.loads(line).get("epoch"))
+            except json.JSONDecodeError:  # a last line cut short by a kill
+                pass
+    return epochs
 
 
 def pick_device(name):

@@ -1,0 +1,97 @@
+"""Interrupt a sweep's driver (SIGINT, SIGKILL) and finish it with `searchlab resume`.
+
+The driver runs as a child process with its own Ray instance; after a SIGKILL the test stops the
+processes that driver left behind, found by walking its process tree, never by name.
+"""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+TINY = str(Path(__file__).parent / "spaces" / "tiny_cifar.py")
+EPOCHS = 6
+
+
+def searchlab(*args, **kw):
+    return [sys.executable, "-m", "searchlab.cli", *args]
+
+
+def descendants(pid):
+    """PIDs of every process below ``pid``, from /proc."""
+    children = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def epochs_done(experiment):
+    done = {}
+    for result in Path(experiment).glob("train_*/result.json"):
+        lines = [json.loads(line) for line in result.read_text().splitlines() if line.strip()]
+        done[result.parent.name] = [r["epoch"] for r in lines]
+    return done
+
+
+@pytest.mark.parametrize("how", [signal.SIGINT, signal.SIGKILL], ids=["sigint", "sigkill"])
+def test_interrupted_sweep_resumes_without_redoing_epochs(cifar_data, tmp_path, how):
+    experiment = tmp_path / "sweep"
+    env = {**os.environ, "SEARCHLAB_DATA": cifar_data}
+    driver = subprocess.Popen(
+        searchlab("sweep", TINY, "--arg", f"epochs={EPOCHS}", "--arg", "model=small_cnn",
+                  "--arg", "train_size=2048", "--name", "sweep", "--storage", str(tmp_path)),
+        env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        start_new_session=True)
+    try:
+        # Interrupt once some trial has finished two epochs and none has finished all.
+        deadline = time.time() + 240
+        while time.time() < deadline:
+            done = epochs_done(experiment) if experiment.exists() else {}
+            if any(len(e) >= 2 for e in done.values()):
+                break
+            assert driver.poll() is None, driver.stderr.read().decode()[-2000:]
+            time.sleep(0.1)
+        else:
+            pytest.fail("the sweep made no progress")
+        left_behind = descendants(driver.pid)
+        driver.send_signal(how)
+        driver.wait(timeout=120)
+    finally:
+        for pid in [driver.pid, *descendants(driver.pid)]:
+            _kill(pid)
+    if how == signal.SIGKILL:
+        for pid in left_behind:  # Ray processes that the killed driver had started
+            _kill(pid)
+    before = epochs_done(experiment)
+    assert any(len(e) < EPOCHS for e in before.values()), "interrupted too late to test resume"
+
+    resumed = subprocess.run(searchlab("resume", str(experiment)), env=env, stdin=subprocess.DEVNULL,
+                             capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    after = epochs_done(experiment)
+    assert set(after) == {"train_" + n.split("_", 1)[1] for n in after} and len(after) == 2
+    for trial, epochs in after.items():
+        # Every epoch exactly once: trials continued from their last checkpoint.
+        assert epochs == list(range(1, EPOCHS + 1)), (trial, before.get(trial), epochs)
+    status = subprocess.run(searchlab("status", str(experiment)), capture_output=True, text=True)
+    assert status.returncode == 0 and status.stdout.count("TERMINATED") == 2
+
+
+def _kill(pid):
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
