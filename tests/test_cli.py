@@ -1,0 +1,76 @@
+"""Bad input on the command line: one line naming the problem and the valid choices, exit 2."""
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from searchlab.cli import parse_args_kv
+from searchlab.trainable import _newest
+
+
+def run(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "searchlab.cli", *args], capture_output=True,
+                          text=True, timeout=120, env=env, stdin=subprocess.DEVNULL)
+
+
+def one_line_error(result):
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("searchlab: error: "), result.stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["sweep", "nope"], "unknown search space 'nope'; valid search spaces: baseline, optuna_lr_wd, quickstart"),
+    (["sweep", "baseline", "--arg", "smok=1"], "unknown argument(s) smok for search space 'baseline'; valid arguments: smoke, depths, seeds, gpu"),
+    (["sweep", "baseline", "--arg", "smoke"], "--arg takes key=value, got 'smoke'"),
+    (["sweep", "optuna_lr_wd", "--arg", "model=vgg"], "unknown model.name 'vgg'; valid: resnet20"),
+    (["sweep", "optuna_lr_wd", "--arg", "dataset=svhn"], "unknown data.dataset 'svhn'; valid: digits, cifar10, cifar100"),
+    (["sweep", "missing/space.py"], "search space file missing/space.py does not exist"),
+    (["data", "prepare", "digits"], "cannot prepare 'digits'; preparable datasets: cifar10, cifar100"),
+])
+def test_bad_input(args, expected):
+    assert expected in one_line_error(run(*args))
+
+
+def test_unknown_op_and_malformed_module(tmp_path):
+    bad_op = tmp_path / "bad_op.py"
+    bad_op.write_text("def space():\n    return {'param_space': {'augment': {'pipeline': [{'op': 'twirl'}]}}}\n")
+    assert "unknown op 'twirl'; valid ops: flip, pad_crop" in one_line_error(run("sweep", str(bad_op)))
+    broken = tmp_path / "broken.py"
+    broken.write_text("def space(\n")
+    assert "failed to import: SyntaxError" in one_line_error(run("sweep", str(broken)))
+    # --debug shows the traceback instead.
+    assert "Traceback" in run("--debug", "sweep", str(broken)).stderr
+
+
+def test_missing_dataset_directory_fails_before_ray_starts(tmp_path):
+    env = {"PATH": "", "SEARCHLAB_DATA": str(tmp_path), "HOME": str(tmp_path)}
+    line = one_line_error(run("sweep", "baseline", "--arg", "smoke=True", "--storage", str(tmp_path), env=env))
+    assert f"dataset 'cifar10' not found: {tmp_path}/cifar10 lacks train_x.npy" in line
+    assert "searchlab data prepare cifar10" in line
+
+
+def test_not_an_experiment(tmp_path):
+    for command in ("resume", "status"):
+        line = one_line_error(run(command, str(tmp_path)))
+        assert f"{tmp_path} is not a searchlab experiment directory" in line
+
+
+def test_arg_values_are_python_literals():
+    assert parse_args_kv(["smoke=True", "depths=[20, 56]", "lr=1e-3", "model=resnet20"]) == {
+        "smoke": True, "depths": [20, 56], "lr": 1e-3, "model": "resnet20"}
+
+
+def test_corrupt_checkpoints_never_start_fresh(tmp_path):
+    good, cut = tmp_path / "good.pt", tmp_path / "cut.pt"
+    torch.save({"epoch": 3}, good)
+    cut.write_bytes(good.read_bytes()[:10])
+    # The newest file cut short by a kill falls back to the one before it ...
+    assert _newest([str(good), str(cut)])["epoch"] == 3
+    # ... but when nothing loads, resuming is an error, not a fresh start.
+    with pytest.raises(RuntimeError, match="cannot resume: every checkpoint is unreadable"):
+        _newest([str(cut)])
+    assert _newest([]) is None
