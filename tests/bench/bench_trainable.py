@@ -8,7 +8,11 @@ What it measures
     pre-normalised float tensor, no augmentation, no shuffling; just forward, cross_entropy,
     zero_grad, backward, step.
 
-    The two loops run interleaved (reference, searchlab, reference, searchlab, ...) after one
+    searchlab hands the model channels-last batches (``normalize``), which oneDNN convolves faster
+    than the contiguous NCHW batches of the bare loop; so a second bare loop on channels-last
+    input is timed too, and the ratio against it is the loop's own overhead.
+
+    The loops run interleaved (reference, searchlab, reference, searchlab, ...) after one
     warmup epoch each, so that noise on a shared machine hits both alike; the report gives the
     median of each and their ratio. The augmentation pipeline is also timed on its own, on exactly
     the batches of the timed searchlab epochs (same generator stream), and reported as a share of
@@ -122,6 +126,7 @@ def main(argv=None):
 
     # Reference inputs: the same images, normalised once up front.
     ref_x = normalize(data.train.x, data.mean, data.std).contiguous()
+    ref_x_cl = ref_x.contiguous(memory_format=torch.channels_last)
     ref_y = data.train.y
 
     def fresh_model():
@@ -131,11 +136,17 @@ def main(argv=None):
     ref_model = fresh_model()
     ref_optimizer = torch.optim.SGD(ref_model.parameters(), lr=optim["lr"], momentum=optim["momentum"],
                                     nesterov=optim["nesterov"], weight_decay=optim["weight_decay"])
+    cl_model = fresh_model()
+    cl_optimizer = torch.optim.SGD(cl_model.parameters(), lr=optim["lr"], momentum=optim["momentum"],
+                                   nesterov=optim["nesterov"], weight_decay=optim["weight_decay"])
     sl_model = fresh_model()
     sl_optimizer = make_optimizer(sl_model, optim)
 
     def run_reference():
         reference_epoch(ref_model, ref_x, ref_y, ref_optimizer, bs)
+
+    def run_channels_last():
+        reference_epoch(cl_model, ref_x_cl, ref_y, cl_optimizer, bs)
 
     def run_searchlab(epoch):
         train_epoch(sl_model, data, sl_optimizer, optim, epoch, augment,
@@ -143,18 +154,21 @@ def main(argv=None):
 
     # Warmup (epoch 0 of each), then interleaved timed epochs 1..repeats.
     timed(run_reference, device)
+    timed(run_channels_last, device)
     timed(lambda: run_searchlab(0), device)
     augment_epoch(data, augment, bs, epoch_generator(device, args.seed, 0), device)
-    ref_times, sl_times, aug_times = [], [], []
+    ref_times, cl_times, sl_times, aug_times = [], [], [], []
     for epoch in range(1, args.repeats + 1):
         ref_times.append(timed(run_reference, device))
+        cl_times.append(timed(run_channels_last, device))
         sl_times.append(timed(lambda: run_searchlab(epoch), device))
         aug_times.append(augment_epoch(data, augment, bs, epoch_generator(device, args.seed, epoch),
                                        device))
 
     n = len(data.train)
-    ref_time, sl_time, aug_time = (statistics.median(t) for t in (ref_times, sl_times, aug_times))
-    ref_ips, sl_ips = n / ref_time, n / sl_time
+    ref_time, cl_time, sl_time, aug_time = (statistics.median(t) for t in
+                                            (ref_times, cl_times, sl_times, aug_times))
+    ref_ips, cl_ips, sl_ips = n / ref_time, n / cl_time, n / sl_time
     ratio = sl_ips / ref_ips
     pair_ratios = [r / s for r, s in zip(ref_times, sl_times)]
     title = MODEL_TITLES.get(args.model, args.model)
@@ -162,8 +176,10 @@ def main(argv=None):
     print(f"{title}, CIFAR-10, batch {bs}, {n} images, {args.threads} threads, {args.repeats} repeats "
           f"(median), {device}")
     print(f"bare PyTorch loop      {ref_ips:7.1f} images/s   {1000 * ref_time / steps:7.1f} ms/step")
+    print(f"bare, channels-last    {cl_ips:7.1f} images/s   {1000 * cl_time / steps:7.1f} ms/step")
     print(f"searchlab train_epoch  {sl_ips:7.1f} images/s   {1000 * sl_time / steps:7.1f} ms/step")
     print(f"ratio                  {ratio:7.3f}   (target >= {TARGET:.2f}: {verdict})")
+    print(f"ratio, channels-last   {sl_ips / cl_ips:7.3f}   (the loop's own overhead)")
     # How far apart the interleaved pairs are says how much the machine's noise can be trusted.
     print(f"noise                  per-pair ratios {min(pair_ratios):.3f}..{max(pair_ratios):.3f}, "
           f"fastest-epoch ratio {min(ref_times) / min(sl_times):.3f}")
