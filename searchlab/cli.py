@@ -1,4 +1,4 @@
-"""The ``searchlab`` command: sweep, resume, status, tensorboard, data prepare."""
+"""The ``searchlab`` command: sweep, resume, status, tensorboard, augment show, data prepare."""
 import argparse
 import ast
 import os
@@ -73,6 +73,31 @@ def cmd_data_prepare(a):
     return 0
 
 
+def cmd_augment_show(a):
+    import torch
+    from torchvision.io import write_png
+
+    from searchlab.augment import Pipeline, preview_grid, validate
+    from searchlab.data import load_dataset
+
+    spec = a.spec
+    if not spec.lstrip().startswith(("[", "{")):
+        spec = repr(spec)  # a preset name
+    try:
+        spec = ast.literal_eval(spec)
+    except (ValueError, SyntaxError) as e:
+        raise UserError(f"SPEC must be a preset name, a list of op specs or a dict with pipeline/mix; "
+                        f"cannot parse {a.spec!r}") from e
+    pipeline, mix = (spec.get("pipeline", []), spec.get("mix")) if isinstance(spec, dict) else (spec, None)
+    validate(pipeline, mix)
+    data = load_dataset(a.dataset, val_size=0, test_size=a.images, split_seed=a.seed)
+    grid = preview_grid(Pipeline(pipeline, mix, data.num_classes), data.test.x, data.test.y,
+                        torch.Generator().manual_seed(a.seed), draws=a.draws)
+    write_png(grid, a.out)
+    print(f"wrote {a.out}: {a.images} {a.dataset} test images (rows), unchanged then {a.draws} draws")
+    return 0
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="searchlab", description=__doc__)
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -99,6 +124,18 @@ def build_parser():
     p.add_argument("experiment")
     p.add_argument("--port", type=int, default=6006)
     p.set_defaults(run=cmd_tensorboard)
+
+    p = sub.add_parser("augment", help="augmentations")
+    augment_sub = p.add_subparsers(dest="augment_command", required=True)
+    p = augment_sub.add_parser("show", help="write a grid of augmented images to a PNG file")
+    p.add_argument("spec", help='a preset (e.g. cutout), a list of op specs (e.g. "[{\'op\': \'randaugment\'}]") '
+                                'or a dict {"pipeline": ..., "mix": ...}')
+    p.add_argument("--out", required=True, help="PNG file to write")
+    p.add_argument("--dataset", default="cifar10")
+    p.add_argument("--images", type=int, default=8, help="rows: images shown")
+    p.add_argument("--draws", type=int, default=8, help="columns: augmented draws of each image")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(run=cmd_augment_show)
 
     p = sub.add_parser("data", help="datasets")
     data_sub = p.add_subparsers(dest="data_command", required=True)

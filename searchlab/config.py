@@ -33,7 +33,9 @@ DEFAULTS = {
         "warmup_epochs": 0,     # linear warmup from 0 to lr, per step
     },
     "augment": {
+        # a preset name (augment.PRESETS) or a list of op specs {"op": NAME, "p": P, **PARAMS}
         "pipeline": [{"op": "flip", "p": 0.5}, {"op": "pad_crop", "padding": 4}],
+        "mix": None,            # None or {"name": "mixup" | "cutmix" | "manifold_mixup", **PARAMS}
     },
     "seed": 0,
     "device": "auto",           # auto | cpu | cuda
@@ -52,7 +54,7 @@ def resolve(config):
     _one_of("model.name", cfg["model"]["name"], models.MODELS)
     _one_of("optim.schedule", cfg["optim"]["schedule"], SCHEDULES)
     _one_of("device", cfg["device"], ("auto", "cpu", "cuda"))
-    augment.validate(cfg["augment"]["pipeline"])
+    augment.validate(cfg["augment"]["pipeline"], cfg["augment"]["mix"])
     return cfg
 
 

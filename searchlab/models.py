@@ -386,3 +386,16 @@ def conv_layers(model: nn.Module) -> list[tuple[str, nn.Conv2d]]:
             m.training = mode
     order.extend((name, m) for name, m in convs if id(m) not in seen)
     return order
+
+
+def mix_points(model: nn.Module) -> list[nn.Module]:
+    """The modules after which manifold mixup may mix hidden states, in depth order.
+
+    The outputs of the stages (groups of blocks at one resolution), as Verma et al. (2019) mix after
+    residual stages; the input itself is layer 0 and needs no module.
+    """
+    if isinstance(model, _StemStagesHead):
+        return list(model.stages)
+    if isinstance(model, torchvision.models.ResNet):
+        return [model.layer1, model.layer2, model.layer3, model.layer4]
+    raise ValueError(f"{type(model).__name__} has no mix points for manifold mixup")

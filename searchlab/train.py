@@ -49,16 +49,15 @@ def train_epoch(model, data, optimizer, optim, epoch, augment, generator):
     for step, (x, y) in enumerate(batches(data.train, optim["batch_size"], generator)):
         for group in optimizer.param_groups:
             group["lr"] = lr_at(optim, epoch + (step + 1) / steps)
-        x, y = augment(x, y, generator)
-        logits = model(normalize(x, data.mean, data.std))
-        # Soft labels (N, classes) come from mixing augmentations; hard labels are class indices.
-        loss = F.cross_entropy(logits, y)
+        x = augment.images(x, generator)
+        # Mixes (mixup, cutmix, manifold mixup) turn the labels into soft labels (N, classes).
+        logits, target = augment.forward(model, normalize(x, data.mean, data.std), y, generator)
+        loss = F.cross_entropy(logits, target)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        hard = y.argmax(1) if y.ndim == 2 else y
         loss_sum += loss.detach() * len(x)
-        correct += (logits.detach().argmax(1) == hard).sum()
+        correct += (logits.detach().argmax(1) == y).sum()  # against the unmixed labels
     mean_loss = loss_sum.item() / len(data.train)
     if not math.isfinite(mean_loss):
         raise FloatingPointError(f"non-finite training loss ({mean_loss}) in epoch {epoch + 1}; "

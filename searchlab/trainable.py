@@ -40,7 +40,8 @@ def train(config, experiment_dir=None):
     model = build_model(cfg["model"]["name"], data.num_classes, in_channels=data.train.x.shape[1],
                         weights=cfg["model"]["weights"]).to(device)
     optimizer = make_optimizer(model, optim)
-    augment = Pipeline(cfg["augment"]["pipeline"])  # regime hook: what a training batch becomes
+    # Regime hook: what a training batch becomes, and how the model sees it.
+    augment = Pipeline(cfg["augment"]["pipeline"], cfg["augment"]["mix"], data.num_classes)
     record_trial(cfg)
 
     # ---- resume ---------------------------------------------------------------------------
@@ -58,6 +59,8 @@ def train(config, experiment_dir=None):
         for metrics in history:
             if metrics["epoch"] not in logged:
                 tune.report(metrics)
+    else:
+        log_augment_preview(augment, data, cfg["seed"])
 
     # ---- epoch loop -----------------------------------------------------------------------
     for epoch in range(len(history), optim["epochs"]):
@@ -161,6 +164,20 @@ def seed_everything(seed):
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)  # seeds CUDA too
+
+
+def log_augment_preview(augment, data, seed):
+    """A grid of augmented training images in the trial's TensorBoard events, at its start."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    from searchlab.augment import preview_grid
+
+    folder = tune.get_context().get_trial_dir()
+    if folder:
+        generator = torch.Generator(data.train.x.device).manual_seed(seed)
+        grid = preview_grid(augment, data.train.x[:8], data.train.y[:8], generator)
+        with SummaryWriter(folder) as writer:
+            writer.add_image("augment/preview", grid, 0)
 
 
 def record_trial(cfg):

@@ -48,11 +48,11 @@ def test_seeded_pipeline_replays_and_labels_pass_through():
 
 
 @pytest.mark.parametrize("spec, message", [
-    ([{"op": "blur"}], r"unknown op 'blur'; valid ops: flip, pad_crop"),
+    ([{"op": "blur"}], r"unknown op .blur.; valid ops: flip, pad_crop, cutout"),
     ([{"op": "pad_crop", "pad": 4}], r"unknown parameter\(s\) pad for op 'pad_crop'; valid: p, padding"),
     ([{"op": "flip", "p": 2}], r"p must be in \[0, 1\]"),
     ([{"name": "flip"}], r"an op spec is a dict with an 'op' key"),
-    ("flip", r"must be a list of op specs"),
+    (42, r"must be a preset name or a list of op specs"),
 ])
 def test_bad_specs_name_what_is_valid(spec, message):
     with pytest.raises(UserError, match=message):

@@ -1,67 +1,170 @@
-"""Training augmentations as batched ops on uint8 images (N, C, H, W) on the training device.
+"""Training augmentations: batched ops on uint8 images (N, C, H, W) on the training device.
 
-Each op draws its random parameters per image from a ``torch.Generator``, so a batch of identical
+Every op draws its random parameters per image from a ``torch.Generator``, so a batch of identical
 images comes out different and a seeded run replays exactly. torchvision's v2 transforms draw one
-parameter set per batch, which is why these ops are written here. This module knows nothing of Ray.
+parameter set per batch, which is why the ops are written here. This package knows nothing of Ray.
 
-A pipeline is an ordered list of op specs, ``{"op": name, "p": probability, **params}``.
+The ``augment`` group of a trial config:
+
+    {"pipeline": [{"op": NAME, "p": PROBABILITY, **PARAMS}, ...] or a preset name,
+     "mix": None or {"name": "mixup" | "cutmix" | "manifold_mixup", **PARAMS}}
+
+Ops (``SPEC_OPS``): the stochastic ops (flip, pad_crop, cutout, random_resized_crop, color_jitter,
+gaussian_noise), the policies (autoaugment, randaugment, trivialaugment, augmix, deepaa), and each
+magnitude op of AutoAugment (ShearX, ..., Sharpness) at a fixed ``magnitude``.
 """
 import inspect
+from functools import partial
 
 import torch
 
-from searchlab.augment.stochastic import flip, pad_crop, uniform
+from searchlab.augment import mix as mixes
+from searchlab.augment.ops import OPS
+from searchlab.augment.policies import POLICIES
+from searchlab.augment.stochastic import STOCHASTIC, uniform
 from searchlab.errors import UserError
 
 
-# name -> op(x, generator, **params). The augmentation library grows here.
-OPS = {
-    "flip": flip,
-    "pad_crop": pad_crop,
+def fixed_magnitude(name, x, generator, magnitude=None):
+    """A magnitude op at one magnitude for every image (e.g. Solarize at threshold 127)."""
+    return OPS[name](x, torch.full((len(x),), float(magnitude or 0), device=x.device))
+
+
+# name -> op(x, generator, **params)
+SPEC_OPS = {**STOCHASTIC, **POLICIES, **{name: partial(fixed_magnitude, name) for name in OPS}}
+
+STANDARD = [{"op": "flip", "p": 0.5}, {"op": "pad_crop", "padding": 4}]
+# Named pipelines, e.g. the augmentations of the CKA study (DESIGN.md section 2, study 1).
+PRESETS = {
+    "none": [],
+    "flip": [{"op": "flip", "p": 0.5}],
+    "crop": [{"op": "pad_crop", "padding": 4}],
+    "standard": STANDARD,
+    "cutout": [*STANDARD, {"op": "cutout", "size": 16}],
+    "brightness": [{"op": "color_jitter", "brightness": 0.5}],
+    "hue": [{"op": "color_jitter", "hue": 0.15}],
+    "solarize": [{"op": "Solarize", "magnitude": 127, "p": 0.5}],
+    "gaussian_noise": [{"op": "gaussian_noise", "sigma": 0.2}],
+    "autoaugment": [*STANDARD, {"op": "autoaugment", "policy": "cifar10"}],
+    "autoaugment_cutout": [*STANDARD, {"op": "autoaugment", "policy": "cifar10"}, {"op": "cutout", "size": 16}],
+    "randaugment": [*STANDARD, {"op": "randaugment", "n": 2, "m": 9}],
+    "trivialaugment": [*STANDARD, {"op": "trivialaugment"}],
+    "augmix": [*STANDARD, {"op": "augmix"}],
 }
 
 
-def _params(op):
-    return [p for p in inspect.signature(OPS[op]).parameters if p not in ("x", "generator")]
+def _params(function):
+    return [p for p in inspect.signature(function).parameters if p not in ("x", "generator")]
 
 
-def validate(specs):
-    """Check a pipeline spec; raise a one-line UserError naming what is valid."""
-    if not isinstance(specs, (list, tuple)):
-        raise UserError(f"augment.pipeline must be a list of op specs, got {specs!r}")
+def pipeline_specs(pipeline):
+    """A pipeline as a list of op specs (a preset name is looked up)."""
+    if isinstance(pipeline, str):
+        if pipeline not in PRESETS:
+            raise UserError(f"unknown augment preset {pipeline!r}; valid presets: {', '.join(PRESETS)}")
+        return PRESETS[pipeline]
+    if not isinstance(pipeline, (list, tuple)):
+        raise UserError(f"augment.pipeline must be a preset name or a list of op specs, got {pipeline!r}")
+    return list(pipeline)
+
+
+def validate(pipeline, mix=None):
+    """Check a pipeline and mix; raise a one-line UserError naming what is valid."""
+    specs = pipeline_specs(pipeline)
     for spec in specs:
         if not isinstance(spec, dict) or "op" not in spec:
             raise UserError(f"an op spec is a dict with an 'op' key, got {spec!r}")
-        if spec["op"] not in OPS:
-            raise UserError(f"unknown op {spec['op']!r}; valid ops: {', '.join(OPS)}")
-        unknown = set(spec) - {"op", "p", *_params(spec["op"])}
-        if unknown:
-            raise UserError(f"unknown parameter(s) {', '.join(sorted(unknown))} for op "
-                            f"{spec['op']!r}; valid: p, {', '.join(_params(spec['op'])) or '-'}")
+        _check_params("op", spec["op"], spec, SPEC_OPS, {"op", "p"})
         if not 0 <= spec.get("p", 1.0) <= 1:
             raise UserError(f"op {spec['op']!r}: p must be in [0, 1], got {spec['p']!r}")
-    return list(specs)
+    if mix is not None:
+        if not isinstance(mix, dict) or "name" not in mix:
+            raise UserError(f"augment.mix is None or a dict with a 'name' key, got {mix!r}")
+        _check_params("mix", mix["name"], mix, {k: f for k, (_, f) in mixes.MIXES.items()}, {"name"})
+    # A dry run on two small images catches bad parameter values (a missing policy file, a
+    # negative size) before any trial starts. Mixes inside a model are checked by the trial.
+    if mix is not None and mixes.MIXES[mix["name"]][0] == "model":
+        mix = None
+    try:
+        Pipeline(specs, mix, num_classes=2)(torch.zeros(2, 3, 32, 32, dtype=torch.uint8),
+                                            torch.tensor([0, 1]), torch.Generator().manual_seed(0))
+    except UserError:
+        raise
+    except Exception as e:
+        raise UserError(f"augmentation {specs!r} {mix or ''} fails: {type(e).__name__}: {e}") from e
+    return specs
+
+
+def _check_params(kind, name, spec, table, reserved):
+    if name not in table:
+        plural = {"op": "ops", "mix": "mixes"}[kind]
+        raise UserError(f"unknown {kind} {name!r}; valid {plural}: {', '.join(table)}")
+    valid = [p for p in _params(table[name]) if p not in ("model", "y")]
+    unknown = set(spec) - reserved - set(valid)
+    if unknown:
+        raise UserError(f"unknown parameter(s) {', '.join(sorted(unknown))} for {kind} {name!r}; "
+                        f"valid: {', '.join([*sorted(reserved - {'op', 'name'}), *valid]) or '-'}")
 
 
 class Pipeline:
-    """Callable on (images, labels) -> (images, labels); applies each op to a random subset."""
+    """The training augmentation of a trial.
 
-    def __init__(self, specs):
-        self.specs = validate(specs)
+    ``images(x, generator)`` applies the ops to uint8 images; ``forward(model, x, y, generator)``
+    runs the model on normalised images with the mix, returning (logits, soft or hard labels).
+    ``pipeline(x, y, generator)`` does both parts that need no model, for use on its own: it returns
+    images (float in 0..255 when a mix blended them) and labels (soft when mixed).
+    """
 
-    def __call__(self, x, y, generator):
+    def __init__(self, pipeline, mix=None, num_classes=None):
+        self.specs = pipeline_specs(pipeline)
+        self.mix = dict(mix) if mix else None
+        self.num_classes = num_classes
+
+    def images(self, x, generator):
         for spec in self.specs:
-            params = {k: v for k, v in spec.items() if k not in ("op", "p")}
+            op = partial(SPEC_OPS[spec["op"]], **{k: v for k, v in spec.items() if k not in ("op", "p")})
             p = spec.get("p", 1.0)
             if p >= 1:
-                x = OPS[spec["op"]](x, generator, **params)
+                x = op(x, generator)
             elif p > 0:
                 chosen = uniform(len(x), generator, x.device) < p
-                x = torch.where(chosen[:, None, None, None], OPS[spec["op"]](x, generator, **params), x)
+                x = torch.where(chosen[:, None, None, None], op(x, generator), x)
+        return x
+
+    def forward(self, model, x, y, generator):
+        if self.mix is None:
+            return model(x), y
+        kind, function = mixes.MIXES[self.mix["name"]]
+        params = {k: v for k, v in self.mix.items() if k != "name"}
+        y = mixes.soft(y, self.num_classes)
+        if kind == "model":
+            return function(model, x, y, generator, **params)
+        x, y = function(x, y, generator, **params)
+        return model(x), y
+
+    def __call__(self, x, y, generator):
+        x = self.images(x, generator)
+        if self.mix is None:
+            return x, y
+        kind, function = mixes.MIXES[self.mix["name"]]
+        if kind == "model":
+            raise ValueError(f"{self.mix['name']} mixes inside a model: use Pipeline.forward")
+        params = {k: v for k, v in self.mix.items() if k != "name"}
+        x, y = function(x.float(), mixes.soft(y, self.num_classes), generator, **params)
         return x, y
 
     def __repr__(self):
-        return f"Pipeline({self.specs!r})"
+        return f"Pipeline({self.specs!r}, mix={self.mix!r})"
 
 
-STANDARD = [{"op": "flip", "p": 0.5}, {"op": "pad_crop", "padding": 4}]
+def preview_grid(augment, x, y, generator, draws=8):
+    """A uint8 image grid (3, H', W'): each row one image, first unchanged, then ``draws`` draws."""
+    from torchvision.utils import make_grid
+
+    input_mix = augment.mix is not None and mixes.MIXES[augment.mix["name"]][0] == "input"
+    shown = Pipeline(augment.specs, augment.mix if input_mix else None, augment.num_classes)
+    rows = [x] + [shown(x, y, generator)[0] for _ in range(draws)]
+    grid = torch.stack(rows, dim=1).flatten(0, 1).float().clamp(0, 255).round().to(torch.uint8)
+    if grid.shape[1] == 1:
+        grid = grid.expand(-1, 3, -1, -1)
+    return make_grid(grid, nrow=draws + 1, padding=2, pad_value=255)

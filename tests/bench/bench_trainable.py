@@ -108,7 +108,7 @@ def augment_epoch(data, augment, batch_size, generator, device):
     drawn = list(batches(data.train, batch_size, generator))
     total = 0.0
     for x, y in drawn:
-        total += timed(lambda: augment(x, y, generator), device)
+        total += timed(lambda: augment.images(x, generator), device)
     return total
 
 

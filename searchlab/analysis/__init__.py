@@ -1,0 +1,1 @@
+"""Analyses that read trained networks: layer similarity (CKA) between models."""

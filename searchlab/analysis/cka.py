@@ -1,0 +1,338 @@
+"""Centred kernel alignment (CKA) between the conv layers of two networks.
+
+CKA (Kornblith et al. 2019) compares two representations of the same n examples through their
+n x n kernel (gram) matrices K and L:
+
+    CKA(K, L) = HSIC(K, L) / sqrt(HSIC(K, K) * HSIC(L, L))
+
+The CKA study (DESIGN.md section 2, study 1) needs it for every pair of conv layers of two networks
+on thousands of validation images, which does not fit in memory as full-size gram matrices.
+``cka_matrix`` therefore uses the minibatch estimator of Nguyen et al. (2021): the HSIC terms are
+summed over minibatches of the *same* images for both networks, and the ratio is taken at the end.
+With the unbiased HSIC estimator (Song et al. 2012) the per-batch terms are unbiased, so the sum
+does not depend on the batch size the way the biased one does.
+
+Numerical conventions, because small differences here change published heatmaps:
+
+- everything is float64 (grams, HSIC, accumulation);
+- no epsilon anywhere: CKA is scale-invariant, so an epsilon would pull layers with small
+  activations towards 0. A zero denominator gives nan: ``grams`` centres features first, so a
+  constant layer has an exactly zero gram there (the U-centring of a constant nonzero gram passed
+  to ``cka`` directly leaves rounding residue of order 1e-16 instead, and a meaningless value);
+- negative unbiased estimates are kept as they are: clamping them to 0 would bias the mean over
+  batches upwards for unrelated layers.
+
+This module knows nothing of Ray; it takes models and an iterable of batches.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from searchlab.models import conv_layers
+
+KERNELS = ("linear", "rbf")
+
+
+# --- kernels --------------------------------------------------------------------
+
+
+def _float64(a) -> torch.Tensor:
+    return torch.as_tensor(a).to(torch.float64)
+
+
+def gram_linear(X) -> torch.Tensor:
+    """Linear kernel X X^T of features X (n, p) (extra dims are flattened), as float64 (n, n)."""
+    X = _float64(X)
+    X = X.reshape(X.shape[0], -1)
+    return X @ X.T
+
+
+def gram_rbf(X, sigma_frac: float = 0.5) -> torch.Tensor:
+    """RBF kernel exp(-|x_i - x_j|^2 / (2 sigma^2)) with sigma = sigma_frac * median pairwise distance.
+
+    As in Kornblith et al. (2019), sigma scales with the data, which keeps CKA invariant to isotropic
+    scaling. The median is over distinct pairs i < j ("the median distance between examples");
+    Kornblith et al.'s code also counts the n zero self-distances, which lowers sigma slightly for small n.
+    """
+    return _rbf_from_linear(gram_linear(X), sigma_frac)
+
+
+def _rbf_from_linear(G: torch.Tensor, sigma_frac: float) -> torch.Tensor:
+    if len(G) < 2:
+        raise ValueError(f"the RBF kernel's median distance needs at least 2 examples, got {len(G)}")
+    # Squared distances from the linear gram, so that minibatch code only ever needs (n, n) matrices.
+    sq_norms = G.diagonal()
+    # Rounding can make a zero distance slightly negative; exp of it would exceed 1.
+    sq_dist = (sq_norms[:, None] + sq_norms[None, :] - 2 * G).clamp_min(0)
+    i, j = torch.triu_indices(len(G), len(G), offset=1, device=G.device)
+    dist = sq_dist[i, j].sqrt().sort().values
+    # The mean of the two middle values for an even count, like np.median (torch.median takes the lower).
+    k = len(dist)
+    sigma = sigma_frac * (dist[(k - 1) // 2] + dist[k // 2]) / 2
+    return torch.exp(-sq_dist / (2 * sigma**2))
+
+
+def _gram(features: torch.Tensor, kernel: str, sigma_frac: float) -> torch.Tensor:
+    # Both HSIC estimators (and distances) are unchanged by centring the features, and centring first
+    # avoids the cancellation of large means in the centred gram: conv outputs often have means far
+    # larger than their spread, and a constant layer then gets an exactly zero gram (so nan, not noise).
+    X = features.to(torch.float64)
+    G = gram_linear(X - X.mean(0))
+    return G if kernel == "linear" else _rbf_from_linear(G, sigma_frac)
+
+
+def _check_kernel(kernel: str) -> None:
+    if kernel not in KERNELS:
+        raise ValueError(f"unknown kernel {kernel!r}; valid kernels: {', '.join(KERNELS)}")
+
+
+# --- HSIC and CKA -----------------------------------------------------------------
+#
+# Both estimators are inner products of transformed grams, <T(K), T(L)> / c(n), which is what lets
+# the minibatch code compute every layer pair with one matrix product.
+
+
+def _centre(K: torch.Tensor) -> torch.Tensor:
+    """H K H with H = I - 11^T/n, for one gram (n, n) or a stack (..., n, n)."""
+    return (K - K.mean(-1, keepdim=True) - K.mean(-2, keepdim=True)
+            + K.mean((-2, -1), keepdim=True))
+
+
+def _u_centre(K: torch.Tensor) -> torch.Tensor:
+    """U-centring (Szekely & Rizzo 2014) of a gram (n, n) or a stack (..., n, n).
+
+    With K~ the gram with a zero diagonal, U_ij = K~_ij - r_i/(n-2) - r_j/(n-2) + s/((n-1)(n-2))
+    for i != j (r: row sums of K~, s: its total) and U_ii = 0. Then <U(K), U(L)> / (n(n-3)) is
+    exactly the unbiased HSIC estimator of Song et al. (2012).
+    """
+    n = K.shape[-1]
+    K = K.clone()
+    K.diagonal(dim1=-2, dim2=-1).zero_()
+    rows = K.sum(-1, keepdim=True)
+    U = K - rows / (n - 2) - rows.transpose(-2, -1) / (n - 2) + rows.sum(-2, keepdim=True) / ((n - 1) * (n - 2))
+    U.diagonal(dim1=-2, dim2=-1).zero_()
+    return U
+
+
+def _transform(K: torch.Tensor, unbiased: bool) -> tuple[torch.Tensor, float]:
+    """The transformed gram(s) and the constant that turns their inner product into HSIC."""
+    n = K.shape[-1]
+    if unbiased:
+        if n < 4:
+            raise ValueError(f"unbiased HSIC needs at least 4 examples per batch, got {n}")
+        return _u_centre(K), n * (n - 3)
+    if n < 2:
+        raise ValueError(f"HSIC needs at least 2 examples, got {n}")
+    return _centre(K), (n - 1) ** 2
+
+
+def _pair(K, L) -> tuple[torch.Tensor, torch.Tensor]:
+    K, L = _float64(K), _float64(L)
+    if K.ndim != 2 or K.shape[0] != K.shape[1] or K.shape != L.shape:
+        raise ValueError(f"expected two square grams of the same size, got {tuple(K.shape)} and {tuple(L.shape)}")
+    return K, L
+
+
+def _hsic(K: torch.Tensor, L: torch.Tensor, unbiased: bool) -> torch.Tensor:
+    TK, c = _transform(K, unbiased)
+    TL, _ = _transform(L, unbiased)
+    return (TK * TL).sum() / c
+
+
+def hsic_biased(K, L) -> float:
+    """tr(K H L H) / (n-1)^2 (Gretton et al. 2005), for grams K, L (n, n)."""
+    return float(_hsic(*_pair(K, L), unbiased=False))
+
+
+def hsic_unbiased(K, L) -> float:
+    """The unbiased HSIC estimator of Song et al. (2012), as used by Nguyen et al. (2021); n >= 4.
+
+    Can be negative when K and L are (nearly) independent; it is returned as is.
+    """
+    return float(_hsic(*_pair(K, L), unbiased=True))
+
+
+def cka(K, L, unbiased: bool = False) -> float:
+    """CKA of two grams (n, n); nan when a self-HSIC is exactly zero (e.g. all-zero features)."""
+    K, L = _pair(K, L)
+    # Tensors rather than Python floats, so that 0/0 gives nan instead of raising.
+    return float(_hsic(K, L, unbiased) / (torch.sqrt(_hsic(K, K, unbiased) * _hsic(L, L, unbiased)) + 1e-10))
+
+
+class MinibatchCKA:
+    """Sums of per-batch HSIC terms for every pair of layers (Nguyen et al. 2021).
+
+    ``update`` takes the stacked grams (La, b, b) of model A and (Lb, b, b) of model B on the *same*
+    b images (``grams_b=None``: B is A); ``cka()`` returns the (La, Lb) matrix
+    sum_b HSIC(K_i, L_j) / sqrt(sum_b HSIC(K_i, K_i) * sum_b HSIC(L_j, L_j)).
+    """
+
+    def __init__(self, unbiased: bool = True):
+        self.unbiased = unbiased
+        self.batches = 0
+        self.cross: torch.Tensor | None = None  # (La, Lb) sum of HSIC(K_i, L_j)
+        self.self_a: torch.Tensor | None = None  # (La,) sum of HSIC(K_i, K_i)
+        self.self_b: torch.Tensor | None = None  # (Lb,)
+
+    def update(self, grams_a: torch.Tensor, grams_b: torch.Tensor | None = None) -> None:
+        if grams_b is not None and grams_a.shape[-1] != grams_b.shape[-1]:
+            raise ValueError(f"grams of model A and B must come from the same images, got batches of "
+                             f"{grams_a.shape[-1]} and {grams_b.shape[-1]}")
+        ta, c = _transform(_float64(grams_a), self.unbiased)
+        ta = ta.flatten(1)
+        tb = ta if grams_b is None else _transform(_float64(grams_b), self.unbiased)[0].flatten(1)
+        # One matrix product gives all La x Lb inner products <T(K_i), T(L_j)>.
+        cross = ta @ tb.T / c
+        if grams_b is None:
+            # The diagonal of the same product, so that self-CKA is 1 up to the last bit.
+            self_a = self_b = cross.diagonal()
+        else:
+            self_a = ta.square().sum(1) / c
+            self_b = tb.square().sum(1) / c
+        if self.cross is None:
+            self.cross, self.self_a, self.self_b = cross, self_a.clone(), self_b.clone()
+        else:
+            self.cross += cross
+            self.self_a += self_a
+            self.self_b += self_b
+        self.batches += 1
+
+    def cka(self) -> np.ndarray:
+        if self.cross is None:
+            raise ValueError("no batches were accumulated")
+        return (self.cross / torch.sqrt(self.self_a[:, None] * self.self_b[None, :])).cpu().numpy()
+
+
+# --- feature capture ---------------------------------------------------------------
+
+# (name, module) pairs as conv_layers returns them, or bare modules (named from the model).
+Layers = Sequence[tuple[str, nn.Module] | nn.Module]
+
+
+def _named(model: nn.Module, layers: Layers | None) -> list[tuple[str, nn.Module]]:
+    if layers is None:
+        return conv_layers(model)
+    names = {id(m): name for name, m in model.named_modules()}
+    return [item if isinstance(item, tuple) else (names.get(id(item), type(item).__name__), item)
+            for item in layers]
+
+
+def _run_hooked(model: nn.Module, x: torch.Tensor, layers: list[tuple[str, nn.Module]],
+                on_output: Callable[[torch.Tensor], torch.Tensor]) -> list[torch.Tensor]:
+    """One forward pass in eval mode without autograd, keeping on_output(output) per layer.
+
+    on_output runs inside the hook, before later (possibly in-place) operations can change the
+    output tensor. A module called more than once in the forward keeps its FIRST call's output.
+    """
+    results: list[torch.Tensor | None] = [None] * len(layers)
+
+    def hook_for(i):
+        def hook(module, args, output):
+            if results[i] is None:
+                results[i] = on_output(output.detach())
+        return hook
+
+    # Each module's own mode, since some may be deliberately in eval (e.g. frozen BN).
+    modes = {m: m.training for m in model.modules()}
+    handles = [module.register_forward_hook(hook_for(i)) for i, (_, module) in enumerate(layers)]
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(x)
+    finally:
+        for h in handles:
+            h.remove()
+        for m, mode in modes.items():
+            m.training = mode
+    missing = [name for (name, _), r in zip(layers, results) if r is None]
+    if missing:
+        raise ValueError(f"layers not called in the forward pass: {', '.join(missing)}")
+    return results
+
+
+def capture(model: nn.Module, x: torch.Tensor, layers: Layers | None = None) -> list[torch.Tensor]:
+    """Each layer's output on x, flattened to (n, -1) float64 copies (C, H, W order).
+
+    ``layers``: (name, module) pairs or modules; default ``conv_layers(model)``. The model runs in
+    eval mode under no_grad; its modes are restored and the hooks removed, also on error.
+    Needs n x features x 8 bytes per layer; ``grams`` keeps only (n, n) per layer.
+    """
+    # copy=True: the output may alias a buffer that a later in-place op (ReLU(inplace=True)) changes.
+    return _run_hooked(model, x, _named(model, layers),
+                       lambda out: out.flatten(1).to(torch.float64, copy=True))
+
+
+def grams(model: nn.Module, x: torch.Tensor, layers: Layers | None = None, kernel: str = "linear",
+          sigma_frac: float = 0.5) -> torch.Tensor:
+    """Stacked float64 grams (L, n, n) of each layer's output on x; same rules as ``capture``.
+
+    The features are centred over the batch first (see ``_gram``): the grams differ from
+    ``gram_linear(features)``, HSIC and CKA computed from them do not.
+    """
+    _check_kernel(kernel)
+    return torch.stack(_run_hooked(model, x, _named(model, layers),
+                                   lambda out: _gram(out.flatten(1), kernel, sigma_frac)))
+
+
+def layer_depths(n: int) -> np.ndarray:
+    """Normalised depth i / (n-1) of each of n layers, in [0, 1]; a single layer is at depth 0."""
+    if n < 0:
+        raise ValueError(f"number of layers must be >= 0, got {n}")
+    return np.arange(n) / max(n - 1, 1)
+
+
+# --- CKA between two networks ----------------------------------------------------------
+
+
+def cka_matrix(model_a: nn.Module, model_b: nn.Module, loader: Iterable, unbiased: bool = True,
+               kernel: str = "linear", device: str | torch.device = "cpu",
+               ) -> tuple[np.ndarray, list[str], list[str]]:
+    """Minibatch CKA between every conv layer of model_a (rows) and of model_b (columns).
+
+    ``loader`` yields (x, y) batches (or bare x) of already-normalised float images in a fixed order;
+    both models see each batch in the same step, which is what makes the estimator valid (a
+    shuffling loader iterated once per model would compare different images). Models must already
+    be on ``device``. ``model_b`` may be ``model_a`` (self-CKA): each batch then runs once.
+    Unbiased HSIC (the default) needs every batch, including the last, to hold at least 4 images.
+
+    Returns the (La, Lb) CKA matrix and the layer names of each model, in depth order.
+    """
+    _check_kernel(kernel)
+    same = model_b is model_a
+    layers_a = conv_layers(model_a)
+    layers_b = layers_a if same else conv_layers(model_b)
+    acc = MinibatchCKA(unbiased)
+    for batch in loader:
+        x = batch[0] if isinstance(batch, (tuple, list)) else batch
+        x = x.to(device)
+        grams_a = grams(model_a, x, layers_a, kernel)
+        acc.update(grams_a, None if same else grams(model_b, x, layers_b, kernel))
+    if acc.batches == 0:
+        raise ValueError("the loader yielded no batches")
+    return acc.cka(), [name for name, _ in layers_a], [name for name, _ in layers_b]
+
+
+def cka_impact(cka_ref, cka_aug1, cka_aug2) -> np.ndarray:
+    """Per-layer impact of an augmentation (DESIGN.md section 2, study 1).
+
+    (CKA(none1, none2) - mean(CKA(none1, aug), CKA(none2, aug))) / CKA(none1, none2), elementwise.
+    Arguments are per-layer arrays (layer i vs layer i) or square CKA matrices, whose diagonals are
+    used. 0 means the augmented network is as similar to the references as they are to each other.
+    """
+    arrays = []
+    for name, a in (("cka_ref", cka_ref), ("cka_aug1", cka_aug1), ("cka_aug2", cka_aug2)):
+        a = np.asarray(a, dtype=np.float64)
+        if a.ndim == 2 and a.shape[0] == a.shape[1]:
+            a = np.diagonal(a)
+        elif a.ndim != 1:
+            raise ValueError(f"{name} must be per-layer values or a square CKA matrix, got shape {a.shape}")
+        arrays.append(a)
+    ref, aug1, aug2 = arrays
+    if not ref.shape == aug1.shape == aug2.shape:
+        raise ValueError(f"per-layer CKA arrays differ in length: {ref.shape}, {aug1.shape}, {aug2.shape}")
+    return (ref - (aug1 + aug2) / 2) / ref
