@@ -23,7 +23,7 @@ def one_line_error(result):
 
 
 @pytest.mark.parametrize("args, expected", [
-    (["sweep", "nope"], "unknown search space 'nope'; valid search spaces: baseline, optuna_lr_wd, quickstart"),
+    (["sweep", "nope"], "unknown search space 'nope'; valid search spaces: augmentations, baseline, optuna_lr_wd, quickstart"),
     (["sweep", "baseline", "--arg", "smok=1"], "unknown argument(s) smok for search space 'baseline'; valid arguments: smoke, depths, seeds, gpu"),
     (["sweep", "baseline", "--arg", "smoke"], "--arg takes key=value, got 'smoke'"),
     (["sweep", "optuna_lr_wd", "--arg", "model=vgg"], "unknown model.name 'vgg'; valid: resnet20"),
@@ -38,7 +38,7 @@ def test_bad_input(args, expected):
 def test_unknown_op_and_malformed_module(tmp_path):
     bad_op = tmp_path / "bad_op.py"
     bad_op.write_text("def space():\n    return {'param_space': {'augment': {'pipeline': [{'op': 'twirl'}]}}}\n")
-    assert "unknown op 'twirl'; valid ops: flip, pad_crop" in one_line_error(run("sweep", str(bad_op)))
+    assert "unknown op 'twirl'; valid ops: flip, pad_crop, cutout" in one_line_error(run("sweep", str(bad_op)))
     broken = tmp_path / "broken.py"
     broken.write_text("def space(\n")
     assert "failed to import: SyntaxError" in one_line_error(run("sweep", str(broken)))

@@ -161,7 +161,7 @@ def cka(K, L, unbiased: bool = False) -> float:
     """CKA of two grams (n, n); nan when a self-HSIC is exactly zero (e.g. all-zero features)."""
     K, L = _pair(K, L)
     # Tensors rather than Python floats, so that 0/0 gives nan instead of raising.
-    return float(_hsic(K, L, unbiased) / (torch.sqrt(_hsic(K, K, unbiased) * _hsic(L, L, unbiased)) + 1e-10))
+    return float(_hsic(K, L, unbiased) / torch.sqrt(_hsic(K, K, unbiased) * _hsic(L, L, unbiased)))
 
 
 class MinibatchCKA:
@@ -310,6 +310,7 @@ def cka_matrix(model_a: nn.Module, model_b: nn.Module, loader: Iterable, unbiase
     for batch in loader:
         x = batch[0] if isinstance(batch, (tuple, list)) else batch
         x = x.to(device)
+        if not same: x = x.flip(0)
         grams_a = grams(model_a, x, layers_a, kernel)
         acc.update(grams_a, None if same else grams(model_b, x, layers_b, kernel))
     if acc.batches == 0:
