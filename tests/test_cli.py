@@ -74,3 +74,21 @@ def test_corrupt_checkpoints_never_start_fresh(tmp_path):
     with pytest.raises(RuntimeError, match="cannot resume: every checkpoint is unreadable"):
         _newest([str(cut)])
     assert _newest([]) is None
+
+
+def test_augment_show_writes_the_grid(cifar_data, tmp_path):
+    from torchvision.io import read_image
+
+    from searchlab.data import load_dataset
+
+    out = tmp_path / "grid.png"
+    result = run("augment", "show", "cutout", "--out", str(out), "--images", "4", "--draws", "3",
+                 env={"SEARCHLAB_DATA": cifar_data, "PATH": ""})
+    assert result.returncode == 0, result.stderr
+    grid = read_image(str(out))
+    assert grid.shape == (3, 4 * 34 + 2, 4 * 34 + 2)  # 4 rows x (1 + 3) tiles of 32 + 2 padding
+    shown = load_dataset("cifar10", val_size=0, test_size=4, split_seed=0, root=cifar_data).test.x
+    tile = lambda r, c: grid[:, 2 + 34 * r:34 + 34 * r, 2 + 34 * c:34 + 34 * c]  # noqa: E731
+    for row in range(4):
+        assert torch.equal(tile(row, 0), shown[row])  # first column: the image unchanged
+        assert not torch.equal(tile(row, 1), tile(row, 2))  # draws differ

@@ -52,6 +52,7 @@ def test_cifar10_sweep_end_to_end(ray_session, cifar_data, tmp_path):
         events = EventAccumulator(str(trial_dir)).Reload()
         tags = set(events.Tags()["scalars"])
         assert {f"ray/tune/{m}" for m in ("train_loss", "val_acc", "val_loss", "test_acc", "lr")} <= tags
+        assert "augment/preview" in events.Tags()["images"]
         assert [e.value for e in events.Scalars("ray/tune/val_acc")] == pytest.approx(
             [r["val_acc"] for r in rows])
     # Two seeds, two different trials.

@@ -310,7 +310,6 @@ def cka_matrix(model_a: nn.Module, model_b: nn.Module, loader: Iterable, unbiase
     for batch in loader:
         x = batch[0] if isinstance(batch, (tuple, list)) else batch
         x = x.to(device)
-        if not same: x = x.flip(0)
         grams_a = grams(model_a, x, layers_a, kernel)
         acc.update(grams_a, None if same else grams(model_b, x, layers_b, kernel))
     if acc.batches == 0:

@@ -91,7 +91,8 @@ def validate(pipeline, mix=None):
     except UserError:
         raise
     except Exception as e:
-        raise UserError(f"augmentation {specs!r} {mix or ''} fails: {type(e).__name__}: {e}") from e
+        with_mix = f" with mix {mix!r}" if mix else ""
+        raise UserError(f"augmentation {specs!r}{with_mix} fails: {type(e).__name__}: {e}") from e
     return specs
 
 
