@@ -60,3 +60,30 @@ def test_non_finite_loss_raises():
     o = optim(batch_size=64, epochs=1)
     with pytest.raises(FloatingPointError, match="non-finite training loss"):
         train_epoch(model, data, make_optimizer(model, o), o, 0, Pipeline([]), torch.Generator())
+
+
+@pytest.mark.parametrize("pipeline, mix", [
+    ("augmix", None),
+    ("trivialaugment", None),
+    ("autoaugment_cutout", {"name": "cutmix", "alpha": 1.0, "p": 1.0}),
+    ("standard", {"name": "manifold_mixup", "alpha": 2.0, "layers": [0, 1, 2]}),
+])
+def test_every_kind_of_augmentation_trains(cifar_data, pipeline, mix):
+    """One epoch per kind through the same loop the trainable runs; mixed targets are soft."""
+    data = load_dataset("cifar10", train_size=256, val_size=64, test_size=64, root=cifar_data)
+    torch.manual_seed(0)
+    model = build_model("resnet20", 10)
+    o = optim(batch_size=64, epochs=1)
+    augment = Pipeline(pipeline, mix, num_classes=10)
+    seen, forward = [], augment.forward
+
+    def recording(*args):
+        logits, target = forward(*args)
+        seen.append(target)
+        return logits, target
+
+    augment.forward = recording
+    loss, acc = train_epoch(model, data, make_optimizer(model, o), o, 0, augment, torch.Generator().manual_seed(0))
+    assert math.isfinite(loss) and 0 <= acc <= 1 and len(seen) == 4
+    if mix:
+        assert all(t.shape == (64, 10) and torch.allclose(t.sum(1), torch.ones(64)) for t in seen)

@@ -299,6 +299,7 @@ def cka_matrix(model_a: nn.Module, model_b: nn.Module, loader: Iterable, unbiase
     shuffling loader iterated once per model would compare different images). Models must already
     be on ``device``. ``model_b`` may be ``model_a`` (self-CKA): each batch then runs once.
     Unbiased HSIC (the default) needs every batch, including the last, to hold at least 4 images.
+    With ``kernel="rbf"`` each batch sets its own sigma from its median distance.
 
     Returns the (La, Lb) CKA matrix and the layer names of each model, in depth order.
     """

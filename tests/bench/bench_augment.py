@@ -178,6 +178,7 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     random.seed(args.seed)
+    load_before = os.getloadavg()[0]
 
     n = args.batch_size * args.batches
     hwc = np.load(args.data, mmap_mode="r")
@@ -251,7 +252,7 @@ def main(argv=None):
     print(f"CIFAR-10, {args.batch_size}-image batches x {args.batches}, {args.threads} threads, "
           f"{args.repeats} repeats (median), {device}, "
           f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}, "
-          f"load average {os.getloadavg()[0]:.1f}")
+          f"load average {load_before:.1f} -> {os.getloadavg()[0]:.1f}")
     print(f"{'':25}{'searchlab':>11}   {f'PIL x{args.workers} workers':>16}   {'PIL 1 process':>13}   "
           f"ratio (vs workers)")
     titles = {"a": "(a) flip+crop+cutout", "b": "(b) RandAugment+(a)"}
