@@ -1,4 +1,4 @@
-"""The ``searchlab`` command: sweep, resume, status, tensorboard, augment show, data prepare."""
+"""The ``searchlab`` command: sweep, resume, status, cka, tensorboard, augment show, data prepare."""
 import argparse
 import ast
 import os
@@ -55,6 +55,25 @@ def cmd_status(a):
     from searchlab import sweep
 
     print(sweep.format_table(sweep.trial_table(a.experiment)))
+    return 0
+
+
+def cmd_cka(a):
+    import shutil
+
+    from searchlab import sweep
+    from searchlab.analysis import study
+
+    sweep.read_record(a.experiment)  # a one-line error for a folder that is not an experiment
+    folder = os.path.join(a.experiment, study.CKA_DIR)
+    if a.force and os.path.isdir(folder):
+        shutil.rmtree(folder)
+    if not study.study_trials(a.experiment):
+        raise UserError(f"no finished trials with a cka.label in {a.experiment}")
+    print(f"computed {study.run_pending(a.experiment)} comparison(s)")
+    rows = study.report(a.experiment)
+    print(sweep.format_table(rows))
+    print(f"figures and tables in {folder}")
     return 0
 
 
@@ -119,6 +138,11 @@ def build_parser():
     p = sub.add_parser("status", help="table of trials, their state and latest metrics")
     p.add_argument("experiment")
     p.set_defaults(run=cmd_status)
+
+    p = sub.add_parser("cka", help="run (or re-run) the CKA analysis of a finished experiment")
+    p.add_argument("experiment")
+    p.add_argument("--force", action="store_true", help="recompute comparisons already on disk")
+    p.set_defaults(run=cmd_cka)
 
     p = sub.add_parser("tensorboard", help="open TensorBoard on an experiment")
     p.add_argument("experiment")

@@ -1,7 +1,9 @@
 """The trial config: a plain nested dict with these groups and defaults (DESIGN.md section 4).
 
 A trial's config is merged over ``DEFAULTS``; an unknown group or key is an error that names the
-valid ones, so a typo never silently trains the default.
+valid ones, so a typo never silently trains the default. A top-level ``variant`` (a partial config)
+is merged over the rest, so that one grid axis can set several groups at once, e.g. a CKA study's
+runs, each with its own augmentation, seed and label.
 """
 import copy
 
@@ -37,6 +39,13 @@ DEFAULTS = {
         "pipeline": [{"op": "flip", "p": 0.5}, {"op": "pad_crop", "padding": 4}],
         "mix": None,            # None or {"name": "mixup" | "cutmix" | "manifold_mixup", **PARAMS}
     },
+    "cka": {                    # this trial's part in a CKA study (searchlab/analysis)
+        "label": None,          # its name in the study, e.g. "none1", "cutout"; None: not in one
+        "group": None,          # trials compared with each other share a group (e.g. the model)
+        "references": ["none1", "none2"],  # labels of the group's two unaugmented runs
+        "images": 2048,         # validation images the comparisons use
+        "batch_size": 256,
+    },
     "seed": 0,
     "device": "auto",           # auto | cpu | cuda
     "threads": None,            # torch intra-op threads; default: the trial's CPU count
@@ -49,7 +58,9 @@ def resolve(config):
     """Return DEFAULTS updated with ``config``; raise UserError on unknown keys or names."""
     from searchlab import augment, data, models
 
-    cfg = _merge(DEFAULTS, config or {}, "config")
+    config = dict(config or {})
+    variant = config.pop("variant", None) or {}
+    cfg = _merge(_merge(DEFAULTS, config, "config"), variant, "config")
     _one_of("data.dataset", cfg["data"]["dataset"], data.DATASETS)
     _one_of("model.name", cfg["model"]["name"], models.MODELS)
     _one_of("optim.schedule", cfg["optim"]["schedule"], SCHEDULES)

@@ -26,6 +26,7 @@ SPEC_DEFAULTS = {
     "max_concurrent_trials": None,
     "max_failures": 2,          # retries of a trial whose worker died, from its checkpoint
     "seed": 0,                  # seeds the searcher
+    "cka": None,                # CKA comparisons in actors as trials finish: {"cpu": 1, "gpu": 0, "actors": 1}
 }
 SEARCHERS = ("grid", "random", "optuna")
 SCHEDULERS = (None, "asha")

@@ -47,7 +47,7 @@ def run(space, args=None, name=None, storage=None, address=None):
             max_concurrent_trials=spec["max_concurrent_trials"],
             reuse_actors=True,
         ),
-        run_config=_run_config(spec, name, storage),
+        run_config=_run_config(spec, name, storage, experiment),
     )
     tuner.fit()
     return experiment
@@ -70,6 +70,7 @@ def resume(experiment, address=None):
     tuner = tune.Tuner.restore(
         str(experiment), _trainable(spec, experiment), resume_errored=True,
         param_space=None if spec["searcher"] == "optuna" else spec["param_space"])
+    # The run config, CKA callback included, comes back from the experiment's tuner.pkl.
     tuner.fit()
     # Tune starts a fresh one-trial run when a restore fails; never let that pass for a resume.
     trials_after = len(trial_table(experiment))
@@ -97,7 +98,8 @@ def trial_table(experiment):
     trials = sorted(ExperimentAnalysis(str(experiment)).trials, key=str)
     configs = [spaces.flatten(t.config) for t in trials]
     # The config keys whose values differ between trials say what each trial is.
-    varying = [k for k in configs[0] if len({repr(c.get(k)) for c in configs}) > 1] if configs else []
+    keys = dict.fromkeys(k for c in configs for k in c)
+    varying = [k for k in keys if len({repr(c.get(k)) for c in configs}) > 1]
     rows = []
     for trial, config in zip(trials, configs):
         result = trial.last_result or {}
@@ -108,10 +110,12 @@ def trial_table(experiment):
 
 
 def _short(value):
-    """A config value as a table cell: op lists by their names."""
+    """A config value as a table cell: op lists and mixes by their names."""
     if isinstance(value, list) and all(isinstance(v, dict) and "op" in v for v in value):
         return "+".join(v["op"] for v in value) or "none"
-    return value
+    if isinstance(value, dict) and "name" in value:
+        return value["name"]
+    return "" if value is None else value
 
 
 def format_table(rows):
@@ -182,10 +186,21 @@ def _max_epochs(spec):
     return max([e for e in epochs if isinstance(e, int)] or [DEFAULTS["optim"]["epochs"]])
 
 
-def _run_config(spec, name, storage):
+def _callbacks(spec, experiment):
+    if not spec["cka"]:
+        return None
+    from searchlab.analysis.actors import CKACallback
+
+    options = {"actors": 1, **spec["cka"]}
+    return [CKACallback(experiment, resources={k: v for k, v in options.items() if k != "actors"},
+                        actors=options["actors"])]
+
+
+def _run_config(spec, name, storage, experiment):
     from ray import tune
 
     return tune.RunConfig(
+        callbacks=_callbacks(spec, experiment),
         name=name,
         storage_path=str(storage),
         failure_config=tune.FailureConfig(max_failures=spec["max_failures"]),

@@ -92,6 +92,9 @@ def train(config, experiment_dir=None):
             torch.save({"epoch": epoch + 1, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                         "best": best, "history": history, "config": cfg},
                        os.path.join(folder, STATE_FILE))
+            # The same config and metrics in plain JSON, for analysis that should not unpickle.
+            with open(os.path.join(folder, "trial.json"), "w") as f:
+                json.dump({"config": cfg, "metrics": metrics}, f, indent=1)
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
 
 
