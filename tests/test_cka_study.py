@@ -1,0 +1,59 @@
+"""The CKA study's bookkeeping: which comparisons, when, in actors during a sweep, and on resume."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from searchlab import sweep
+from searchlab.analysis import study
+from searchlab.analysis.cka import cka_matrix
+from searchlab.data import Split, batches, load_dataset, normalize
+
+TINY = str(Path(__file__).parent / "spaces" / "tiny_cka.py")
+
+
+def test_pairs_wait_for_both_references():
+    refs = ("none1", "none2")
+    assert study.pairs({"flip", "none1"}, refs) == []
+    assert study.pairs({"none1", "none2"}, refs) == [("none1", "none2")]
+    assert study.pairs({"none1", "none2", "flip", "cutout"}, refs) == [
+        ("none1", "none2"), ("none1", "cutout"), ("none2", "cutout"), ("none1", "flip"), ("none2", "flip")]
+
+
+def test_cka_actors_during_a_sweep_then_searchlab_cka(ray_session, tmp_path):
+    experiment = sweep.run(TINY, name="cka", storage=tmp_path)
+    folder = experiment / "cka" / "small_cnn"
+    names = sorted(p.name for p in folder.glob("*.npz"))
+    # The augmented run finished before the references; its comparisons waited for them.
+    assert names == ["none1__crop.npz", "none1__none2.npz", "none2__crop.npz"]
+    for figure in ("cka_heatmaps.png", "cka_impact.png"):
+        assert (folder / figure).stat().st_size > 10_000
+    table = (experiment / "cka" / "cka_table.csv").read_text().splitlines()
+    assert table[0] == "group,label,test_acc_at_best,cka_impact_mean" and len(table) == 4
+
+    # What the actor wrote is the CKA of the two best-validation models on the first validation images.
+    groups = study.study_trials(experiment)["small_cnn"]
+    model_a, config, best = study.best_model(groups["none1"])
+    model_b, _, _ = study.best_model(groups["crop"])
+    data = load_dataset("digits", val_size=config["data"]["val_size"], split_seed=0)
+    loader = [(normalize(x, data.mean, data.std), y)
+              for x, y in batches(Split(data.val.x[:128], data.val.y[:128]), 64)]
+    expected, names_a, _ = cka_matrix(model_a, model_b, loader)
+    saved = np.load(folder / "none1__crop.npz")
+    np.testing.assert_allclose(saved["cka"], expected, rtol=1e-10)
+    assert list(saved["layers_a"]) == names_a and expected.shape == (3, 3)
+    none1_row = next(line for line in table if line.startswith("small_cnn,none1,"))
+    assert float(none1_row.split(",")[2]) == round(best["test_acc"], 4)
+
+    # Re-running on the finished experiment computes only what is missing.
+    kept = folder / "none1__none2.npz"
+    before = kept.stat().st_mtime_ns
+    os.remove(folder / "none2__crop.npz")
+    run = subprocess.run([sys.executable, "-m", "searchlab.cli", "cka", str(experiment)],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert "computed 1 comparison(s)" in run.stdout and "crop" in run.stdout
+    assert (folder / "none2__crop.npz").exists() and kept.stat().st_mtime_ns == before
+    assert study.pending(experiment) == []
