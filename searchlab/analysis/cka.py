@@ -16,9 +16,9 @@ Numerical conventions, because small differences here change published heatmaps:
 
 - everything is float64 (grams, HSIC, accumulation);
 - no epsilon anywhere: CKA is scale-invariant, so an epsilon would pull layers with small
-  activations towards 0. A zero denominator gives nan: ``grams`` centres features first, so a
-  constant layer has an exactly zero gram there (the U-centring of a constant nonzero gram passed
-  to ``cka`` directly leaves rounding residue of order 1e-16 instead, and a meaningless value);
+  activations towards 0. A zero denominator (e.g. a layer whose output is all zeros) gives nan.
+  A constant but nonzero representation is not caught: its centred gram is zero only up to
+  rounding, and the CKA computed from that residue is meaningless;
 - negative unbiased estimates are kept as they are: clamping them to 0 would bias the mean over
   batches upwards for unrelated layers.
 
@@ -77,12 +77,13 @@ def _rbf_from_linear(G: torch.Tensor, sigma_frac: float) -> torch.Tensor:
     return torch.exp(-sq_dist / (2 * sigma**2))
 
 
-def _gram(features: torch.Tensor, kernel: str, sigma_frac: float) -> torch.Tensor:
-    # Both HSIC estimators (and distances) are unchanged by centring the features, and centring first
-    # avoids the cancellation of large means in the centred gram: conv outputs often have means far
-    # larger than their spread, and a constant layer then gets an exactly zero gram (so nan, not noise).
-    X = features.to(torch.float64)
-    G = gram_linear(X - X.mean(0))
+def _gram(output: torch.Tensor, kernel: str, sigma_frac: float) -> torch.Tensor:
+    # A gram does not depend on the order of the features, so a channels-last output (what
+    # searchlab.data.normalize feeds the models) is read in memory order, a view, instead of being
+    # copied into (C, H, W) order first.
+    if output.dim() == 4 and output.is_contiguous(memory_format=torch.channels_last):
+        output = output.permute(0, 2, 3, 1)
+    G = gram_linear(output)
     return G if kernel == "linear" else _rbf_from_linear(G, sigma_frac)
 
 
@@ -269,14 +270,10 @@ def capture(model: nn.Module, x: torch.Tensor, layers: Layers | None = None) -> 
 
 def grams(model: nn.Module, x: torch.Tensor, layers: Layers | None = None, kernel: str = "linear",
           sigma_frac: float = 0.5) -> torch.Tensor:
-    """Stacked float64 grams (L, n, n) of each layer's output on x; same rules as ``capture``.
-
-    The features are centred over the batch first (see ``_gram``): the grams differ from
-    ``gram_linear(features)``, HSIC and CKA computed from them do not.
-    """
+    """Stacked float64 grams (L, n, n) of each layer's output on x; same rules as ``capture``."""
     _check_kernel(kernel)
     return torch.stack(_run_hooked(model, x, _named(model, layers),
-                                   lambda out: _gram(out.flatten(1), kernel, sigma_frac)))
+                                   lambda out: _gram(out, kernel, sigma_frac)))
 
 
 def layer_depths(n: int) -> np.ndarray:

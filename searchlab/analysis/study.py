@@ -153,8 +153,9 @@ def report(experiment_dir):
         cols = min(4, len(shown))
         fig, axes = plt.subplots((len(shown) + cols - 1) // cols, cols, figsize=(3.2 * cols, 3.2 * ((len(shown) + cols - 1) // cols)),
                                  squeeze=False)
+        low = min(0.0, *(float(np.nanmin(m)) for _, m in shown))  # unbiased CKA can dip below 0
         for ax, (title, matrix) in zip(axes.flat, shown):
-            image = ax.imshow(matrix, origin="lower", vmin=0, vmax=1, cmap="magma")
+            image = ax.imshow(matrix, origin="lower", vmin=low, vmax=1, cmap="magma")
             ax.set_title(title, fontsize=9)
             ax.set_xlabel("layer", fontsize=8)
             ax.set_ylabel("layer", fontsize=8)
