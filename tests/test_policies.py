@@ -44,9 +44,12 @@ def tv_to_ops(name, m, size=32):
 
 
 def record_ops(monkeypatch, names, effect):
-    """Replace ops.OPS[name] by fakes: out = effect(k, x) for the k-th name; calls are logged."""
+    """Replace ops.OPS[name] by fakes: out = effect(k, x) for the k-th name; calls are logged.
+    The faked ops leave the batched warp and lookup-table paths, which would bypass ops.OPS."""
     log = collections.defaultdict(list)
     for k, name in enumerate(names):
+        monkeypatch.delitem(ops.MATRICES, name, raising=False)
+        monkeypatch.delitem(ops.LUTS, name, raising=False)
         def fake(x, v, k=k, name=name):
             log[name] += v.tolist()
             return effect(k, x)

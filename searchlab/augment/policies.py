@@ -6,8 +6,8 @@ and a seeded generator replays exactly. torchvision's versions of these policies
 call (per batch when given a batch), which is why they are written here; their published tables and
 magnitude bins are reused from torchvision rather than retyped.
 
-Images are grouped by the op they drew (``apply_per_image``), so a batch costs one batched call per
-distinct op, not one call per image.
+Images are grouped by the op they drew (``apply_per_image``), so a batch costs a few batched calls
+(one for all geometric ops, one for all lookup-table ops, one per other op), not one call per image.
 """
 import functools
 import math
@@ -57,19 +57,42 @@ def _dirichlet(alpha, n, k, generator, device):
 def apply_per_image(x, op_index, magnitude, names):
     """Apply op ``names[op_index[i]]`` with magnitude ``magnitude[i]`` to image i.
 
-    Images are grouped by op (index_select, one batched op call, index_copy), so the cost is one call
-    per distinct op in the batch. A negative op index leaves that image unchanged. Ops are looked up
-    in ``ops.OPS`` at call time.
+    A negative op index leaves that image unchanged. The geometric ops (``ops.MATRICES``) of a batch
+    go through one affine warp with a matrix per image, the lookup-table ops (``ops.LUTS``) through
+    one table lookup with a table per image, and each other op (looked up in ``ops.OPS`` at call
+    time) through one call for all images that drew it: at a few hundred images per batch, the cost
+    is mostly the number of tensor operations, not their size.
     """
-    op_index = op_index.to(x.device)
-    magnitude = magnitude.to(x.device, torch.float32)
-    out = x.clone()
-    for k in op_index.unique().tolist():
-        if k < 0:
-            continue
-        rows = (op_index == k).nonzero().squeeze(1)
-        out.index_copy_(0, rows, ops.OPS[names[k]](x.index_select(0, rows), magnitude[rows]))
-    return out
+    if len(x) == 0:
+        return x.clone()
+    h, w = x.shape[2:]
+    warps = [k for k, name in enumerate(names) if name in ops.MATRICES]
+    lookups = [k for k, name in enumerate(names) if name in ops.LUTS]
+    others = [k for k in range(-1, len(names)) if k not in warps and k not in lookups]  # -1: unchanged
+    # Sort the batch by op in the order warps, lookups, others: each op's images are then one slice
+    # of the sorted batch, and the results, concatenated in that order, are in sorted order too.
+    order = warps + lookups + others
+    rank = torch.tensor([order.index(k) for k in range(-1, len(names))], device=x.device)
+    key = rank[op_index.to(x.device).clamp(min=-1) + 1]
+    perm = key.argsort(stable=True)
+    counts = torch.bincount(key, minlength=len(order)).tolist()
+    # index_select: indexing with a tensor, x[perm], takes a slower general path.
+    images = dict(zip(order, x.index_select(0, perm).split(counts)))
+    magnitudes = dict(zip(order, magnitude.to(x.device, torch.float32).index_select(0, perm).split(counts)))
+    warps, lookups, others = ([k for k in group if len(images[k])] for group in (warps, lookups, others))
+
+    results = []
+    if warps:
+        matrix = torch.cat([ops.MATRICES[names[k]](magnitudes[k].double(), h, w) for k in warps])
+        results.append(ops.affine(torch.cat([images[k] for k in warps]), matrix))
+    if lookups:
+        luts = [ops.LUTS[names[k]](images[k], magnitudes[k]).expand(-1, x.shape[1], -1, -1) for k in lookups]
+        results.append(ops.apply_lut(torch.cat([images[k] for k in lookups]), torch.cat(luts)))
+    for k in others:
+        results.append(images[k] if k < 0 else ops.OPS[names[k]](images[k], magnitudes[k]))
+    # Back to batch order with one gather: writing the groups into place (index_copy_) is several
+    # times slower on uint8.
+    return torch.cat(results).index_select(0, perm.argsort())
 
 
 # ------------------------------------------------------------------------------------------------
@@ -94,12 +117,18 @@ def _from_torchvision(name, magnitude, height, width):
     return 0.0, magnitude
 
 
-def _space_tables(space, height, width):
-    """Op names and (centres, deviations [ops, bins], signed flags) of a torchvision augmentation space.
+@functools.lru_cache(maxsize=None)
+def _space_tables(policy, num_magnitude_bins, height, width):
+    """Op names and (centres, deviations [ops, bins], signed flags) of torchvision's RandAugment or
+    TrivialAugmentWide augmentation space, built once per (policy, bins, image size).
 
     Ops without a magnitude (a 0-d tensor in torchvision) keep centre and deviation 0.
     """
-    names = list(space)
+    if policy is RandAugment:
+        space = RandAugment()._augmentation_space(num_magnitude_bins, (height, width))
+    else:
+        space = TrivialAugmentWide()._augmentation_space(num_magnitude_bins)
+    names = tuple(space)
     bins = max(magnitudes.numel() for magnitudes, _ in space.values())
     centre, deviation = torch.zeros(len(names)), torch.zeros(len(names), bins)
     for k, (name, (magnitudes, _)) in enumerate(space.items()):
@@ -162,7 +191,7 @@ def randaugment(x, generator, n=2, m=9, num_magnitude_bins=31):
         raise ValueError(f"randaugment: m must be in [0, {num_magnitude_bins - 1}] "
                          f"(a bin of num_magnitude_bins={num_magnitude_bins}), got {m}")
     count, _, h, w = x.shape
-    names, tables = _space_tables(RandAugment()._augmentation_space(num_magnitude_bins, (h, w)), h, w)
+    names, tables = _space_tables(RandAugment, num_magnitude_bins, h, w)
     centre, deviation, signed = (t.to(x.device) for t in tables)
     for _ in range(n):
         op = _randint(0, len(names), (count,), generator, x.device)
@@ -174,7 +203,7 @@ def randaugment(x, generator, n=2, m=9, num_magnitude_bins=31):
 def trivialaugment(x, generator, num_magnitude_bins=31):
     """TrivialAugment Wide: one op per image, op and magnitude bin uniform, random sign."""
     count, _, h, w = x.shape
-    names, tables = _space_tables(TrivialAugmentWide()._augmentation_space(num_magnitude_bins), h, w)
+    names, tables = _space_tables(TrivialAugmentWide, num_magnitude_bins, h, w)
     centre, deviation, signed = (t.to(x.device) for t in tables)
     op = _randint(0, len(names), (count,), generator, x.device)
     level = _randint(0, num_magnitude_bins, (count,), generator, x.device)

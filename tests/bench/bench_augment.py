@@ -253,7 +253,7 @@ def main(argv=None):
           f"{args.repeats} repeats (median), {device}, "
           f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}, "
           f"load average {load_before:.1f} -> {os.getloadavg()[0]:.1f}")
-    print(f"{'':25}{'searchlab':>11}   {f'PIL x{args.workers} workers':>16}   {'PIL 1 process':>13}   "
+    print(f"{'':25}{'searchlab':>13}   {f'PIL x{args.workers} workers':>16}   {'PIL 1 process':>13}   "
           f"ratio (vs workers)")
     titles = {"a": "(a) flip+crop+cutout", "b": "(b) RandAugment+(a)"}
     for key, times in rows.items():
