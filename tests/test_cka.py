@@ -18,7 +18,7 @@ from searchlab.analysis.cka import (
     hsic_unbiased,
     layer_depths,
 )
-from searchlab.data import batches, load_dataset, normalize
+from searchlab.data import load_dataset, normalize
 from searchlab.models import build_model, conv_layers
 
 # --- the textbook formulas, written out in numpy --------------------------------------

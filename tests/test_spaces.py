@@ -1,5 +1,4 @@
 import pytest
-from ray import tune
 
 from searchlab import spaces
 from searchlab.config import DEFAULTS, resolve

@@ -42,7 +42,6 @@ import argparse
 import os
 import random
 import statistics
-import time
 
 import numpy as np
 import torch
@@ -56,6 +55,7 @@ from searchlab.config import resolve
 from searchlab.data import channel_stats, normalize
 from searchlab.models import build_model
 from searchlab.train import make_optimizer
+from timing import timed
 
 RATIO_TARGET = 5.0
 SHARE_TARGET = 0.15
@@ -97,20 +97,6 @@ def parse_args(argv=None):
     if torch.device(args.device).type == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda, but CUDA is not available")
     return args
-
-
-def synchronize(device):
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def timed(fn, device):
-    """Wall-clock seconds of ``fn()``, with the device's queue drained before and after."""
-    synchronize(device)
-    began = time.perf_counter()
-    fn()
-    synchronize(device)
-    return time.perf_counter() - began
 
 
 # ------------------------------------------------------------------------------------------------

@@ -32,7 +32,6 @@ import argparse
 import math
 import os
 import statistics
-import time
 
 import torch
 import torch.nn.functional as F
@@ -42,6 +41,7 @@ from searchlab.config import resolve
 from searchlab.data import batches, load_dataset, normalize
 from searchlab.models import build_model
 from searchlab.train import make_optimizer, train_epoch
+from timing import timed
 
 TARGET = 0.90
 MODEL_TITLES = {"resnet20": "ResNet-20", "resnet32": "ResNet-32", "resnet56": "ResNet-56"}
@@ -66,20 +66,6 @@ def parse_args(argv=None):
     if args.images < 1 or args.batch_size < 1 or args.repeats < 1 or args.threads < 1:
         parser.error("--images, --batch-size, --repeats and --threads must be >= 1")
     return args
-
-
-def synchronize(device):
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def timed(fn, device):
-    """Wall-clock seconds of ``fn()``, with the device's queue drained before and after."""
-    synchronize(device)
-    began = time.perf_counter()
-    fn()
-    synchronize(device)
-    return time.perf_counter() - began
 
 
 def reference_epoch(model, x, y, optimizer, batch_size):
