@@ -346,6 +346,25 @@ def _load_weights(model: nn.Module, path: str) -> None:
         warnings.warn(f"skipped weights with mismatched shapes (left at initialisation): {skipped}", stacklevel=3)
 
 
+def forward_with_hooks(model: nn.Module, x: torch.Tensor, hooks: list[tuple[nn.Module, Callable]]) -> None:
+    """One forward pass in eval mode without autograd, with forward ``hooks`` (module, fn) in place.
+
+    The hooks are removed and every module's own training mode restored afterwards, also on error
+    (some modules may be deliberately in eval, e.g. frozen BN).
+    """
+    modes = {m: m.training for m in model.modules()}
+    handles = [module.register_forward_hook(fn) for module, fn in hooks]
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(x)
+    finally:
+        for h in handles:
+            h.remove()
+        for m, mode in modes.items():
+            m.training = mode
+
+
 def conv_layers(model: nn.Module) -> list[tuple[str, nn.Conv2d]]:
     """All Conv2d modules with qualified names, in the order a forward pass first calls them.
 
@@ -372,18 +391,7 @@ def conv_layers(model: nn.Module) -> list[tuple[str, nn.Conv2d]]:
             seen.add(id(module))
             order.append((names[id(module)], module))
 
-    # Remember every module's mode: some may be deliberately in eval (e.g. frozen BN).
-    modes = {m: m.training for m in model.modules()}
-    hooks = [m.register_forward_hook(record) for _, m in convs]
-    try:
-        model.eval()
-        with torch.no_grad():
-            model(dummy)
-    finally:
-        for h in hooks:
-            h.remove()
-        for m, mode in modes.items():
-            m.training = mode
+    forward_with_hooks(model, dummy, [(m, record) for _, m in convs])
     order.extend((name, m) for name, m in convs if id(m) not in seen)
     return order
 

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from searchlab.models import conv_layers
+from searchlab.models import conv_layers, forward_with_hooks
 
 KERNELS = ("linear", "rbf")
 
@@ -242,18 +242,7 @@ def _run_hooked(model: nn.Module, x: torch.Tensor, layers: list[tuple[str, nn.Mo
                 results[i] = on_output(output.detach())
         return hook
 
-    # Each module's own mode, since some may be deliberately in eval (e.g. frozen BN).
-    modes = {m: m.training for m in model.modules()}
-    handles = [module.register_forward_hook(hook_for(i)) for i, (_, module) in enumerate(layers)]
-    try:
-        model.eval()
-        with torch.no_grad():
-            model(x)
-    finally:
-        for h in handles:
-            h.remove()
-        for m, mode in modes.items():
-            m.training = mode
+    forward_with_hooks(model, x, [(module, hook_for(i)) for i, (_, module) in enumerate(layers)])
     missing = [name for (name, _), r in zip(layers, results) if r is None]
     if missing:
         raise ValueError(f"layers not called in the forward pass: {', '.join(missing)}")

@@ -127,6 +127,11 @@ def run_pending(experiment_dir, device="cpu"):
     return len(todo)
 
 
+def _test_acc_at_best(trial_dir):
+    # From the checkpoint's trial.json: the table needs no model weights loaded.
+    return round(newest_record(trial_dir)["metrics"]["test_acc_at_best"], 4)
+
+
 # ---- report ---------------------------------------------------------------------------------
 
 def report(experiment_dir):
@@ -172,8 +177,7 @@ def report(experiment_dir):
         for label in augs:
             impact = cka_impact(np.diag(ref), np.diag(load(ref1, label)), np.diag(load(ref2, label)))
             ax.plot(depth, impact, marker=".", label=label)
-            _, _, best = best_model(labels[label])
-            rows.append({"group": group, "label": label, "test_acc_at_best": round(best["test_acc"], 4),
+            rows.append({"group": group, "label": label, "test_acc_at_best": _test_acc_at_best(labels[label]),
                          "cka_impact_mean": round(float(np.mean(impact)), 4)})
         ax.axhline(0, color="grey", lw=0.5)
         ax.set_xlabel("normalised depth")
@@ -184,9 +188,8 @@ def report(experiment_dir):
         fig.savefig(os.path.join(folder, "cka_impact.png"), dpi=100)
         plt.close(fig)
         for ref_label in (ref1, ref2):
-            _, _, best = best_model(labels[ref_label])
-            rows.append({"group": group, "label": ref_label, "test_acc_at_best": round(best["test_acc"], 4),
-                         "cka_impact_mean": ""})
+            rows.append({"group": group, "label": ref_label,
+                         "test_acc_at_best": _test_acc_at_best(labels[ref_label]), "cka_impact_mean": ""})
 
     if rows:
         os.makedirs(os.path.join(experiment_dir, CKA_DIR), exist_ok=True)
