@@ -83,8 +83,7 @@ def validate(pipeline, mix=None):
         _check_params("mix", mix["name"], mix, {k: f for k, (_, f) in mixes.MIXES.items()}, {"name"})
     # A dry run on two small images catches bad parameter values (a missing policy file, a
     # negative size) before any trial starts. Mixes inside a model are checked by the trial.
-    if mix is not None and mixes.MIXES[mix["name"]][0] == "model":
-        mix = None
+    mix = _input_mix(mix)
     try:
         Pipeline(specs, mix, num_classes=2)(torch.zeros(2, 3, 32, 32, dtype=torch.uint8),
                                             torch.tensor([0, 1]), torch.Generator().manual_seed(0))
@@ -94,6 +93,11 @@ def validate(pipeline, mix=None):
         with_mix = f" with mix {mix!r}" if mix else ""
         raise UserError(f"augmentation {specs!r}{with_mix} fails: {type(e).__name__}: {e}") from e
     return specs
+
+
+def _input_mix(mix):
+    """``mix`` if it acts on the input batch (mixup, cutmix), None if none or inside a model."""
+    return mix if mix is not None and mixes.MIXES[mix["name"]][0] == "input" else None
 
 
 def _check_params(kind, name, spec, table, reserved):
@@ -112,7 +116,7 @@ class Pipeline:
 
     ``images(x, generator)`` applies the ops to uint8 images; ``forward(model, x, y, generator)``
     runs the model on normalised images with the mix, returning (logits, soft or hard labels).
-    ``pipeline(x, y, generator)`` does both parts that need no model, for use on its own: it returns
+    Calling it, ``pipeline(x, y, generator)``, does the parts that need no model, for use on its own: it returns
     images (float in 0..255 when a mix blended them) and labels (soft when mixed).
     """
 
@@ -135,11 +139,15 @@ class Pipeline:
                 x = torch.cat([x, op(x, generator)]).index_select(0, rows)
         return x
 
+    def _mix(self):
+        """(kind, function, params) of the mix."""
+        kind, function = mixes.MIXES[self.mix["name"]]
+        return kind, function, {k: v for k, v in self.mix.items() if k != "name"}
+
     def forward(self, model, x, y, generator):
         if self.mix is None:
             return model(x), y
-        kind, function = mixes.MIXES[self.mix["name"]]
-        params = {k: v for k, v in self.mix.items() if k != "name"}
+        kind, function, params = self._mix()
         y = mixes.soft(y, self.num_classes)
         if kind == "model":
             return function(model, x, y, generator, **params)
@@ -150,12 +158,10 @@ class Pipeline:
         x = self.images(x, generator)
         if self.mix is None:
             return x, y
-        kind, function = mixes.MIXES[self.mix["name"]]
+        kind, function, params = self._mix()
         if kind == "model":
             raise ValueError(f"{self.mix['name']} mixes inside a model: use Pipeline.forward")
-        params = {k: v for k, v in self.mix.items() if k != "name"}
-        x, y = function(x.float(), mixes.soft(y, self.num_classes), generator, **params)
-        return x, y
+        return function(x.float(), mixes.soft(y, self.num_classes), generator, **params)
 
     def __repr__(self):
         return f"Pipeline({self.specs!r}, mix={self.mix!r})"
@@ -165,8 +171,7 @@ def preview_grid(augment, x, y, generator, draws=8):
     """A uint8 image grid (3, H', W'): each row one image, first unchanged, then ``draws`` draws."""
     from torchvision.utils import make_grid
 
-    input_mix = augment.mix is not None and mixes.MIXES[augment.mix["name"]][0] == "input"
-    shown = Pipeline(augment.specs, augment.mix if input_mix else None, augment.num_classes)
+    shown = Pipeline(augment.specs, _input_mix(augment.mix), augment.num_classes)
     rows = [x] + [shown(x, y, generator)[0] for _ in range(draws)]
     grid = torch.stack(rows, dim=1).flatten(0, 1).float().clamp(0, 255).round().to(torch.uint8)
     if grid.shape[1] == 1:
