@@ -1,15 +1,19 @@
 import collections
+import hashlib
 import math
+import os
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image, ImageDraw
 from scipy import stats
 from torchvision.transforms import AutoAugment, AutoAugmentPolicy, RandAugment, TrivialAugmentWide
 
 from searchlab.augment import ops, policies
 from searchlab.augment.policies import (POLICIES, apply_per_image, augmix, augmix_jsd, autoaugment, deepaa,
                                         load_policy, randaugment, save_policy, trivialaugment)
+from searchlab.errors import UserError
 
 ENHANCE = ("Brightness", "Color", "Contrast", "Sharpness")
 
@@ -301,13 +305,92 @@ def test_deepaa_stochastic_entries(cifar):
     is_flip = (flipped == cifar[0].flip(2)).flatten(1).all(1)
     assert ((flipped == cifar[0]).flatten(1).all(1) | is_flip).all()
     assert abs(is_flip.float().mean().item() - 0.5) < 4.5 * math.sqrt(0.25 / len(x))
-    cut = deepaa(cifar, seeded(2), one_hot(entry("cutout")))
+    # fill=0: black cutout and padding, the default of earlier versions
+    cut = deepaa(cifar, seeded(2), one_hot(entry("cutout")), fill=0)
     changed = (cut != cifar).any(1)  # (N, H, W)
     assert (cut.permute(0, 2, 3, 1)[changed] == 0).all() and changed.flatten(1).sum(1).max() <= 256
-    crops = deepaa(cifar, seeded(3), one_hot(entry("pad_crop")))
+    crops = deepaa(cifar, seeded(3), one_hot(entry("pad_crop")), fill=0)
     padded = torch.nn.functional.pad(cifar, (4,) * 4)
     for img, pad in zip(crops[:8], padded[:8]):
         assert any(torch.equal(img, pad[:, t:t + 32, l:l + 32]) for t in range(9) for l in range(9))
+
+
+# The authors' RandCrop and RandCutout, written out with PIL from augmentation.py of their code
+# (AIoT-MLSys-Lab/DeepAA: mean_pad_randcrop with v = 4, RandCutout with v = 16; the training code's
+# DeepAA_evaluate/deep_autoaugment.py does the same). Each returns the set of every image the op can
+# make of one image, as bytes (H, W, C).
+AUTHORS_FILL = (125, 123, 114)
+
+
+def authors_rand_crop_outcomes(img, colour):
+    """mean_pad_randcrop: a new 40 x 40 RGB image of ``colour``, the image pasted at (4, 4), and a
+    32 x 32 crop at top = random.randint(0, 8), left = random.randint(0, 8)."""
+    canvas = Image.new("RGB", (40, 40), color=colour)
+    canvas.paste(Image.fromarray(img.permute(1, 2, 0).numpy()), (4, 4))
+    return {np.asarray(canvas.crop((left, top, left + 32, top + 32))).tobytes()
+            for top in range(9) for left in range(9)}
+
+
+def authors_rand_cutout_outcomes(img, colour):
+    """RandCutout, with one deliberate difference: a 16 x 16 square where theirs is 17 x 17.
+
+    They draw x, y = random.uniform(0, 32), take x0 = int(min(32, max(0, x - 8))), x1 = int(min(32,
+    max(0, x + 8))) (y0, y1 alike) and fill ImageDraw.rectangle((x0, y0, x1, y1)), which includes
+    both corners: 17 pixels a side. Here the rectangle ends at x1 - 1, y1 - 1: 16 pixels.
+    """
+    centres = np.arange(0, 32, 0.125)  # a grid over uniform(0, 32) that hits every int() value
+    spans = {(int(min(32, max(0, c - 8))), int(min(32, max(0, c + 8)))) for c in centres}
+    pil = Image.fromarray(img.permute(1, 2, 0).numpy())
+    outcomes = set()
+    for y0, y1 in spans:
+        for x0, x1 in spans:
+            out = pil.copy()
+            ImageDraw.Draw(out).rectangle((x0, y0, x1 - 1, y1 - 1), fill=colour)
+            outcomes.add(np.asarray(out).tobytes())
+    return outcomes
+
+
+AUTHORS_OUTCOMES = {"pad_crop": authors_rand_crop_outcomes, "cutout": authors_rand_cutout_outcomes}
+
+
+@pytest.mark.parametrize("name, draws", [("pad_crop", 2000), ("cutout", 12000)])
+def test_deepaa_crop_and_cutout_are_outcomes_of_the_authors_code(cifar, name, draws):
+    img = cifar[3]
+    theirs, black = (AUTHORS_OUTCOMES[name](img, colour) for colour in (AUTHORS_FILL, (0, 0, 0)))
+    assert len(theirs) == {"pad_crop": 81, "cutout": 32 * 32}[name]
+    out = deepaa(copies(img, draws), seeded(13), one_hot(entry(name)))
+    seen = {o.permute(1, 2, 0).numpy().tobytes() for o in out}
+    # Every draw is an outcome of the authors' code, and every outcome occurs: 81 crops in 2,000
+    # draws, 1,024 cutout positions in 12,000 (P(one missing) < 1e-2 for a given seed).
+    assert seen == theirs
+    # Not the black fill of earlier versions: only the uncropped image (offset 4, 4) is shared.
+    assert len(seen & black) == (1 if name == "pad_crop" else 0)
+    # fill=0 gives the black outcomes.
+    black_out = deepaa(copies(img, 500), seeded(13), one_hot(entry(name)), fill=0)
+    assert {o.permute(1, 2, 0).numpy().tobytes() for o in black_out} <= black
+
+
+def test_deepaa_fill_0_reproduces_earlier_versions(cifar):
+    """Digests of outputs recorded before deepaa had a fill parameter (its crop and cutout were
+    black then): a 3-layer policy, half of each layer's mass on flip, cutout and crop."""
+    row = np.full(len(TABLE), 0.5 / (len(TABLE) - 3))
+    row[[entry("flip"), entry("cutout"), entry("pad_crop")]] = 0.5 / 3
+    x = cifar.repeat(4, 1, 1, 1)
+    digests = {False: "6c96e1f207c766205c8c46678db9bb1b38ff37127dd21049bcc11f59839c8575",
+               True: "2ad2f2ef57875f90fbef643d458f16cc1a69a3856b5d86cf369f5ccb4fa4109b"}
+    for mirror, digest in digests.items():
+        out = deepaa(x, seeded(12), np.stack([row] * 3), mirror=mirror, fill=0)
+        assert hashlib.sha256(out.numpy().tobytes()).hexdigest() == digest
+        assert not torch.equal(out, deepaa(x, seeded(12), np.stack([row] * 3), mirror=mirror))
+
+
+def test_deepaa_rgb_fill_on_grey_images_is_a_clear_error(cifar):
+    grey = cifar[:, :1]
+    with pytest.raises(UserError, match=r"deepaa fill must be one value or 1 values .*\[125, 123, 114\]"):
+        deepaa(grey, seeded(), one_hot(entry("Identity")))
+    out = deepaa(grey, seeded(), one_hot(entry("cutout")), fill=128)
+    changed = out != grey
+    assert changed.any() and (out[changed] == 128).all()
 
 
 def test_deepaa_two_entry_row_frequencies(cifar):
@@ -384,6 +467,19 @@ def test_policy_file_round_trip_in_the_authors_layout(tmp_path, cifar):
     path = str(tmp_path / "p.npz")
     from_file = deepaa(cifar, seeded(6), policy=path)
     assert torch.equal(from_file, deepaa(cifar, seeded(6), loaded["policy_probs"]))
+
+
+def test_a_policy_file_rewritten_at_the_same_path_is_read_again(tmp_path, cifar):
+    # A worker that Tune reuses for the next trial may find a new policy at the same path.
+    path = str(tmp_path / "p.npz")
+    save_policy(path, one_hot(entry("Identity")))
+    assert torch.equal(deepaa(cifar, seeded(), policy=path), cifar)
+    before = os.stat(path)
+    save_policy(path, one_hot(entry("Invert")))
+    # Same size and modification time as before: only the content tells the two files apart.
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert os.stat(path).st_size == before.st_size and os.stat(path).st_mtime_ns == before.st_mtime_ns
+    assert torch.equal(deepaa(cifar, seeded(), policy=path), 255 - cifar)
 
 
 @pytest.mark.parametrize("large", [False, True])

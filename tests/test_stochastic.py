@@ -5,11 +5,12 @@ import math
 import numpy as np
 import pytest
 import torch
+from PIL import Image, ImageOps
 from torchvision.transforms import RandomResizedCrop
 from torchvision.transforms.v2 import functional as F
 
 from searchlab.augment.stochastic import (STOCHASTIC, _jitter_factors, _rrc_boxes, box_mask, color_jitter,
-                                          cutout, gaussian_noise, random_boxes, random_resized_crop)
+                                          cutout, gaussian_noise, pad_crop, random_boxes, random_resized_crop)
 from searchlab.errors import UserError
 
 CIFAR_MEAN = (125, 123, 114)
@@ -32,6 +33,38 @@ def total_variation(a, b, bins):
     pa = np.histogram(np.asarray(a), bins)[0] / len(a)
     pb = b if isinstance(b, float) else np.histogram(np.asarray(b), bins)[0] / len(b)
     return 0.5 * np.abs(pa - pb).sum()
+
+
+# ---------------------------------------------------------------------------------------------------
+# pad_crop
+# ---------------------------------------------------------------------------------------------------
+
+def padded_crops(img, padding, colour):
+    """Every image pad_crop can return for ``img`` (C, H, W): PIL pads it with ``colour`` (an RGB
+    triple) and crops it back at each of the (2 padding + 1)^2 offsets. Returns bytes -> (top, left)."""
+    pil = ImageOps.expand(Image.fromarray(img.permute(1, 2, 0).numpy()), border=padding, fill=colour)
+    h, w = img.shape[1:]
+    return {np.asarray(pil.crop((left, top, left + w, top + h))).tobytes(): (top, left)
+            for top in range(2 * padding + 1) for left in range(2 * padding + 1)}
+
+
+@pytest.mark.parametrize("fill, colour", [(0, (0, 0, 0)), (200, (200, 200, 200)), (CIFAR_MEAN, CIFAR_MEAN)])
+def test_pad_crop_returns_a_crop_of_the_image_padded_with_fill_at_every_offset(cifar, fill, colour):
+    img = cifar[7]
+    crops = padded_crops(img, 4, colour)
+    assert len(crops) == 81  # the 81 offsets give 81 different images
+    out = pad_crop(img[None].expand(2000, -1, -1, -1).contiguous(), gen(11), padding=4, fill=fill)
+    seen = [out_img.permute(1, 2, 0).numpy().tobytes() for out_img in out]
+    assert all(s in crops for s in seen)
+    # 2,000 draws of 81 equally likely offsets: every offset occurs (P(one missing) < 1e-19).
+    assert {crops[s] for s in seen} == set(crops.values())
+
+
+def test_pad_crop_rejects_a_fill_that_does_not_fit_the_channels(cifar):
+    with pytest.raises(UserError, match=r"pad_crop fill must be one value or 3 values \(one per channel\)"):
+        pad_crop(cifar, gen(0), fill=(1, 2))
+    with pytest.raises(UserError, match=r"pad_crop fill must be one value or 1 values .*got \[125, 123, 114\]"):
+        pad_crop(cifar[:, :1], gen(0), fill=CIFAR_MEAN)
 
 
 # ---------------------------------------------------------------------------------------------------

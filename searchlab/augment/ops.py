@@ -26,6 +26,7 @@ import torch
 # Deep AutoAugment's ``augmentation.py`` (AIoT-MLSys-Lab/DeepAA) calls ``img.transform`` and
 # ``img.rotate`` without ``fillcolor``, so PIL fills the uncovered area with black; so do Fast
 # AutoAugment and torchvision's AutoAugment. timm's RandAugment uses 128 instead: pass ``fill=128``.
+# (DeepAA's crop and cutout use the CIFAR mean colour instead: policies.DEEPAA_FILL.)
 FILL = 0
 
 RANGES = {
@@ -397,7 +398,9 @@ def deepaa_table(large_images: bool = False) -> list[tuple[str, float | None]]:
     are rounded to 10 decimals so that they print as -25.0, not -25.000000000000004. Ops without a
     magnitude count once (magnitude None), the stochastic ops once with their size: ("flip", None),
     ("cutout", 16), ("pad_crop", 4). ``large_images`` (DeepAA's ImageNet space) uses
-    ("cutout", 60) and ("random_resized_crop", None) instead.
+    ("cutout", 60) and ("random_resized_crop", None) instead. The table holds no fill colour:
+    ``policies.deepaa`` pads the crop and fills the cutout with its ``fill``, by default the
+    authors' CIFAR mean colour (125, 123, 114).
     """
     table = []
     for name in DEEPAA_OPS:

@@ -10,6 +10,7 @@ Images are grouped by the op they drew (``apply_per_image``), so a batch costs a
 (one for all geometric ops, one for all lookup-table ops, one per other op), not one call per image.
 """
 import functools
+import io
 import math
 
 import numpy as np
@@ -307,37 +308,49 @@ def augmix_jsd(logits_clean, logits_aug1, logits_aug2):
 
 _GEOMETRIC = ("ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate")
 
+# The authors pad RandCrop and fill RandCutout (and RandCutout60, on ImageNet too) with the CIFAR
+# mean colour: augmentation.py (mean_pad_randcrop, RandCutout, RandCutout60) in the search and
+# DeepAA_evaluate/deep_autoaugment.py (mean_pad_randcrop, Cutout_default) in training. Their
+# RandResizeCrop_imagenet crops inside the image and fills nothing; their geometric ops fill with
+# black (ops.FILL).
+DEEPAA_FILL = (125, 123, 114)
 
-def _apply_stochastic(x, generator, name, magnitude):
-    """Table entries with their own per-image randomness.
 
-    The authors fill the cutout square and RandCrop's padding with the CIFAR mean colour
-    (125, 123, 114); here they are black, as cutout and pad_crop are everywhere else in searchlab.
-    """
-    if name == "flip":  # the authors' RandFlip flips half of the images it is drawn for
+def _apply_stochastic(x, generator, name, magnitude, fill):
+    """Table entries with their own per-image randomness; crop and cutout fill with ``fill``."""
+    if name == "flip":  # the authors' RandFlip mirrors left-right when random.random() > 0.5
         return torch.where(_rand(len(x), generator, x.device)[:, None, None, None] < 0.5,
                            stochastic.flip(x, generator), x)
     if name == "cutout":
-        return stochastic.cutout(x, generator, size=int(magnitude))
+        # The authors' RandCutout draws a centre (x, y) uniform in [0, 32)^2 and passes
+        # (int(x - 8), int(y - 8), int(x + 8), int(y + 8)), clipped to the image, to
+        # ImageDraw.rectangle, which includes both corners: 17 x 17 pixels away from the border,
+        # though their comment says 16. We keep 16: their box without its last row and column
+        # (the two are the same where the box reaches the right or bottom edge). Their
+        # RandCutout60 (ImageNet) draws the centre in the central 256 x 256 of the image; here it
+        # is uniform over the whole image, which is the same for images up to 256 pixels.
+        return stochastic.cutout(x, generator, size=int(magnitude), fill=fill)
     if name == "pad_crop":
-        return stochastic.pad_crop(x, generator, padding=int(magnitude))
+        return stochastic.pad_crop(x, generator, padding=int(magnitude), fill=fill)
     if name == "random_resized_crop":
         return stochastic.random_resized_crop(x, generator)
     raise ValueError(f"unknown DeepAA table entry {name!r}")
 
 
-def deepaa(x, generator, policy_probs=None, table=None, mirror=False, policy=None):
+def deepaa(x, generator, policy_probs=None, table=None, mirror=False, policy=None, fill=DEEPAA_FILL):
     """Apply a Deep AutoAugment policy: for each layer k, every image draws one entry of the table
     from row k of ``policy_probs`` [K, len(table)] and it is applied.
 
     ``policy`` is the alternative to ``policy_probs``: the path of a policy file (see
-    ``save_policy``), loaded once per process; the table it was searched on comes with it.
+    ``save_policy``), read again when the file changes; the table it was searched on comes with it.
     ``mirror`` flips the sign of the geometric ops' magnitude for half of the images, as the
-    authors' evaluation code does.
+    authors' evaluation code does. ``fill`` is the colour of the crop's padding and of the cutout
+    square: one value or one per channel, by default the authors' CIFAR mean colour (0 is black).
     """
     if (policy is None) == (policy_probs is None):
         raise ValueError("deepaa needs exactly one of policy_probs (a [K, 139] array) "
                          "or policy (a .npz path)")
+    stochastic.fill_values(fill, x.shape[1], "deepaa")  # fail now, not when a crop is first drawn
     if policy is not None:
         loaded = _load_policy_cached(str(policy))
         policy_probs, table = loaded["policy_probs"], loaded["table"]
@@ -363,7 +376,8 @@ def deepaa(x, generator, policy_probs=None, table=None, mirror=False, policy=Non
             rows = (op == k).nonzero().squeeze(1)
             if len(rows):
                 # Entries sharing a stochastic op name share its magnitude (one cutout size per table).
-                sub = _apply_stochastic(x.index_select(0, rows), generator, names[k], magnitude[rows[0]])
+                sub = _apply_stochastic(x.index_select(0, rows), generator, names[k],
+                                        magnitude[rows[0]], fill)
                 x = x.index_copy(0, rows, sub)
     return x
 
@@ -464,8 +478,14 @@ def load_policy(path):
     ``table``: the current ``ops.deepaa_table`` (small or large images) that the file matches. A
     policy is only meaningful with the table it was searched on, so any other table is an error.
     """
+    with open(path, "rb") as f:
+        return _parse_policy(path, f.read())
+
+
+def _parse_policy(path, content):
+    """load_policy for the bytes ``content`` of the file at ``path``."""
     where = f"policy file {path}"
-    with np.load(path, allow_pickle=False) as data:
+    with np.load(io.BytesIO(content), allow_pickle=False) as data:
         missing = [key for key in ("policy_probs", "ops", "mags", "op_names") if key not in data]
         if missing:
             raise ValueError(f"{where}: missing key(s) {', '.join(missing)}; a DeepAA policy file holds "
@@ -495,10 +515,19 @@ def load_policy(path):
     return loaded
 
 
-@functools.lru_cache(maxsize=16)
 def _load_policy_cached(path):
-    # A pipeline calls deepaa(policy=path) once per batch: read the file once per process.
-    return load_policy(path)
+    # A pipeline calls deepaa(policy=path) once per batch: parse each file once per process. The
+    # key is the file's content, not its path: Tune reuses a worker (reuse_actors=True) for a trial
+    # whose policy may have been rewritten at the same path. Size and mtime would miss a rewrite
+    # of the same size within the file system's timestamp granularity; the bytes (a few kB) are
+    # cheap to read.
+    with open(path, "rb") as f:
+        return _parse_policy_cached(path, f.read())
+
+
+@functools.lru_cache(maxsize=16)
+def _parse_policy_cached(path, content):
+    return _parse_policy(path, content)
 
 
 # name -> policy(x, generator, **params). The pipeline spec refers to policies by these names.

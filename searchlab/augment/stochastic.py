@@ -19,17 +19,33 @@ def flip(x, generator):
     return x.flip(3)
 
 
-def pad_crop(x, generator, padding=4):
-    """Zero-pad by ``padding`` and crop back to the original size at a per-image random offset."""
+def fill_values(fill, channels, op):
+    """``fill`` (one value, or one per channel) as a tensor of 1 or ``channels`` values in 0..255."""
+    values = torch.as_tensor(fill).flatten()
+    if values.numel() not in (1, channels) or values.min() < 0 or values.max() > 255:
+        raise UserError(f"{op} fill must be one value or {channels} values (one per channel) in 0..255, "
+                        f"got {values.tolist()}")
+    return values
+
+
+def pad_crop(x, generator, padding=4, fill=0):
+    """Pad by ``padding`` with ``fill`` and crop back to the original size at a per-image random offset.
+
+    ``fill`` is one value for every channel or one per channel (e.g. the dataset's mean colour).
+    """
     n, c, h, w = x.shape
-    padded = torch.nn.functional.pad(x, (padding,) * 4).flatten()
+    fill = fill_values(fill, c, "pad_crop")
+    hp, wp = h + 2 * padding, w + 2 * padding
+    padded = torch.empty((n, c, hp, wp), dtype=torch.uint8, device=x.device)
+    padded[:] = fill.to(x.device, torch.uint8).view(1, -1, 1, 1)
+    padded[:, :, padding:padding + h, padding:padding + w] = x
+    padded = padded.flatten()
     offsets = torch.randint(0, 2 * padding + 1, (2, n), generator=generator,
                             device=generator.device).to(x.device)
     # Each output row is w consecutive values of the padded batch: pick them out of a view that
     # holds every run of w consecutive values (one gather of whole rows, much cheaper than a
     # gather of single pixels). Row r of channel ch of image i starts at
     # ((i * c + ch) * (h + 2p) + top_i + r) * (w + 2p) + left_i.
-    hp, wp = h + 2 * padding, w + 2 * padding
     top, left = offsets.view(2, n, 1, 1)
     planes = torch.arange(n * c, device=x.device).view(n, c, 1) * hp
     starts = (planes + top + torch.arange(h, device=x.device)) * wp + left  # (N, C, H)
@@ -77,10 +93,7 @@ def cutout(x, generator, size=16, fill=0):
     ``fill`` is one value for every channel or one per channel (e.g. the dataset's mean colour).
     """
     n, c, h, w = x.shape
-    fill = torch.as_tensor(fill).flatten()
-    if fill.numel() not in (1, c) or fill.min() < 0 or fill.max() > 255:
-        raise UserError(f"cutout fill must be one value or {c} values (one per channel) in 0..255, "
-                        f"got {fill.tolist()}")
+    fill = fill_values(fill, c, "cutout")
     inside = _box_mask(*random_boxes(n, h, w, size, generator, x.device), h, w)[:, None]  # (N, 1, H, W)
     # Arithmetic instead of torch.where, which is several times slower on uint8: one of the two
     # terms is always 0, so nothing overflows.
