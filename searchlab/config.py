@@ -1,11 +1,15 @@
 """The trial config: a plain nested dict with these groups and defaults (DESIGN.md section 4).
 
 A trial's config is merged over ``DEFAULTS``; an unknown group or key is an error that names the
-valid ones, so a typo never silently trains the default. A top-level ``variant`` (a partial config)
-is merged over the rest, so that one grid axis can set several groups at once, e.g. a CKA study's
-runs, each with its own augmentation, seed and label.
+valid ones, so a typo never silently trains the default, and a value whose default is a boolean or
+a number must be one (a string "false" never becomes true). A top-level ``variant`` (a partial
+config) is merged over the rest, so that one grid axis can set several groups at once, e.g. a CKA
+study's runs, each with its own augmentation, seed and label.
 """
 import copy
+import numbers
+
+import numpy as np
 
 from searchlab.errors import UserError
 
@@ -39,6 +43,20 @@ DEFAULTS = {
         "pipeline": [{"op": "flip", "p": 0.5}, {"op": "pad_crop", "padding": 4}],
         "mix": None,            # None or {"name": "mixup" | "cutmix" | "manifold_mixup", **PARAMS}
     },
+    "regime": "standard",       # what a batch becomes and what the loss is: regimes.REGIMES
+    "augmix_jsd": {             # regime augmix_jsd: AugMix views and the Jensen-Shannon loss
+        "weight": 12.0,         # of the consistency term, as Hendrycks et al.
+        "severity": 3, "width": 3, "depth": -1, "alpha": 1.0, "all_ops": False,  # the AugMix op's
+    },
+    # Later phases of training: each {"start_epoch": E, "augment": {...}, "regime": NAME} takes over
+    # once E epochs have been trained (train.phase_at); what it leaves out stays as before.
+    "phases": [],
+    "eval": {
+        "every_epoch": ["clean"],   # evaluations after every epoch (evals.EVALS)
+        "at_end": [],           # evaluations of the best model after the last epoch: <metric>_at_best
+        "select": "val_acc",    # the every-epoch metric that picks the best epoch ...
+        "mode": "max",          # ... and whether higher (max) or lower (min) is better
+    },
     "cka": {                    # this trial's part in a CKA study (searchlab/analysis)
         "label": None,          # its name in the study, e.g. "none1", "cutout"; None: not in one
         "group": None,          # trials compared with each other share a group (e.g. the model)
@@ -51,22 +69,56 @@ DEFAULTS = {
     "threads": None,            # torch intra-op threads; default: the trial's CPU count
 }
 
-SCHEDULES = ("cosine", "step", "constant")
+PHASE_KEYS = ("start_epoch", "augment", "regime")
 
 
 def resolve(config):
     """Return DEFAULTS updated with ``config``; raise UserError on unknown keys or names."""
-    from searchlab import augment, data, models
+    from searchlab import augment, data, models, regimes
+    from searchlab.evals import EVALS, metric_names
+    from searchlab.train import SCHEDULES, phase_at
 
     config = dict(config or {})
     variant = config.pop("variant", None) or {}
     cfg = _merge(_merge(DEFAULTS, config, "config"), variant, "config")
+    _check_types(DEFAULTS, cfg)
     _one_of("data.dataset", cfg["data"]["dataset"], data.DATASETS)
     _one_of("model.name", cfg["model"]["name"], models.MODELS)
     _one_of("optim.schedule", cfg["optim"]["schedule"], SCHEDULES)
     _one_of("device", cfg["device"], ("auto", "cpu", "cuda"))
-    augment.validate(cfg["augment"]["pipeline"], cfg["augment"]["mix"])
+    cfg["phases"] = _phases(cfg["phases"], cfg["optim"]["epochs"])
+    for epoch in [0, *(p["start_epoch"] for p in cfg["phases"])]:
+        phase = phase_at(cfg, epoch)
+        augment.validate(phase.pipeline, phase.mix)
+        regimes.check(phase.regime, cfg.get(phase.regime, {}), phase.pipeline, phase.mix)
+    ev = cfg["eval"]
+    for key in ("every_epoch", "at_end"):
+        if not isinstance(ev[key], (list, tuple)):
+            raise UserError(f"eval.{key} must be a list of evaluation names, got {ev[key]!r}")
+        for name in ev[key]:
+            _one_of(f"eval.{key} entry", name, EVALS)
+    _one_of("eval.select", ev["select"], metric_names(ev["every_epoch"], cfg))
+    _one_of("eval.mode", ev["mode"], ("max", "min"))
     return cfg
+
+
+def _phases(phases, epochs):
+    """Check the phases and return them in order of their start."""
+    if not isinstance(phases, (list, tuple)):
+        raise UserError(f"phases must be a list of {{{', '.join(PHASE_KEYS)}}} dicts, got {phases!r}")
+    for i, phase in enumerate(phases):
+        if not isinstance(phase, dict) or not set(phase) <= set(PHASE_KEYS) or "start_epoch" not in phase:
+            raise UserError(f"phases[{i}] must be a dict with start_epoch and any of augment, regime; "
+                            f"got {phase!r}")
+        unknown = set(phase.get("augment", {})) - set(DEFAULTS["augment"])
+        if unknown:
+            raise UserError(f"unknown key(s) {', '.join(sorted(unknown))} in phases[{i}].augment; "
+                            f"valid: {', '.join(DEFAULTS['augment'])}")
+        start = phase["start_epoch"]
+        if not isinstance(start, numbers.Integral) or isinstance(start, bool) or not 0 <= start <= epochs:
+            raise UserError(f"phases[{i}].start_epoch must be a whole number of epochs in 0..{epochs}, "
+                            f"got {start!r}")
+    return sorted((dict(p) for p in phases), key=lambda p: p["start_epoch"])
 
 
 def _one_of(key, value, valid):
@@ -81,10 +133,26 @@ def _merge(defaults, given, where):
                         f"valid: {', '.join(defaults)}")
     merged = copy.deepcopy(defaults)
     for key, value in given.items():
+        name = key if where == "config" else f"{where}.{key}"
         if isinstance(defaults[key], dict):
             if not isinstance(value, dict):
-                raise UserError(f"{where}.{key} must be a dict of {', '.join(defaults[key])}")
-            merged[key] = _merge(defaults[key], value, key if where == "config" else f"{where}.{key}")
+                raise UserError(f"{name} must be a dict of {', '.join(defaults[key])}")
+            merged[key] = _merge(defaults[key], value, name)
         else:
             merged[key] = copy.deepcopy(value)
     return merged
+
+
+def _check_types(defaults, cfg, where=""):
+    """Where a default is a boolean the value must be one, and likewise for numbers (numpy's
+    count), so that a string "false" or "0.1" never passes for one."""
+    for key, default in defaults.items():
+        value, name = cfg[key], f"{where}{key}"
+        if isinstance(default, dict):
+            _check_types(default, value, f"{name}.")
+        elif isinstance(default, bool):
+            if not isinstance(value, (bool, np.bool_)):
+                raise UserError(f"{name} must be true or false (a bool), got {value!r}")
+        elif isinstance(default, numbers.Real):
+            if not isinstance(value, numbers.Real) or isinstance(value, (bool, np.bool_)):
+                raise UserError(f"{name} must be a number, got {value!r} ({type(value).__name__})")

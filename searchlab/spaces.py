@@ -12,24 +12,24 @@ from pathlib import Path
 
 from ray import tune
 
-from searchlab.config import resolve
 from searchlab.errors import UserError
 
 SPEC_DEFAULTS = {
     "param_space": None,        # required
-    "metric": "val_acc",
+    "metric": "val_acc",        # reported by every epoch of the trainable; optimised by searcher and scheduler
     "mode": "max",
+    "trainable": "train",       # sweep.TRAINABLES: what one trial runs
     "num_samples": 1,           # with grid searches: repeats of the whole grid
-    "searcher": "grid",         # grid | random | optuna
-    "scheduler": None,          # None | asha
+    "searcher": "grid",         # sweep.SEARCHERS: grid | random | optuna
+    "searcher_options": {},     # keyword arguments of that searcher (e.g. optuna: sampler)
+    "scheduler": "fifo",        # sweep.SCHEDULERS: fifo (None) | asha
+    "scheduler_options": {},    # keyword arguments of that scheduler (e.g. asha: grace_period)
     "resources": {"cpu": 1, "gpu": 0},  # per trial; gpu may be fractional to pack trials
     "max_concurrent_trials": None,
     "max_failures": 2,          # retries of a trial whose worker died, from its checkpoint
     "seed": 0,                  # seeds the searcher
     "cka": None,                # CKA comparisons in actors as trials finish: {"cpu": 1, "gpu": 0, "actors": 1}
 }
-SEARCHERS = ("grid", "random", "optuna")
-SCHEDULERS = (None, "asha")
 SPACES_PACKAGE = "search_spaces"
 
 
@@ -90,7 +90,103 @@ def load(name, args=None):
     return check(spec, name)
 
 
+def coerce_args(function, raw_args):
+    """Command-line text -> the typed arguments of ``function`` (a search space's ``space``).
+
+    Each value is read as the type of its parameter: the annotation if there is one, else the
+    default's type. bool: true or false in any case; int, float: a number; str: the text as given;
+    tuple, list, dict, set: a Python literal. A parameter with nothing to go by (a None default, no
+    annotation), a name the function does not take (``load`` reports it) or no ``function`` at all:
+    a Python literal, true or false in any case, else the text. Values that are not text are
+    already typed and pass through. A value of the wrong type is a UserError naming the argument,
+    the value and the type expected.
+    """
+    import typing
+
+    params = inspect.signature(function).parameters if function else {}
+    try:
+        hints = typing.get_type_hints(function) if function else {}
+    except Exception:  # an annotation that does not resolve: fall back to the raw annotations
+        hints = {}
+    typed = {}
+    for key, text in raw_args.items():
+        expected = None
+        param = params.get(key)
+        if param is not None:
+            if param.annotation is not param.empty:
+                expected = hints.get(key, param.annotation)
+            elif param.default is not param.empty and param.default is not None:
+                expected = type(param.default)
+        typed[key] = _read_arg(key, text, expected) if isinstance(text, str) else text
+    return typed
+
+
+def _read_arg(key, text, expected):
+    import ast
+    import types
+    import typing
+
+    def wrong(what):
+        return UserError(f"argument {key}: expected {what}, got {text!r}")
+
+    def literal(name):
+        try:
+            return ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            raise wrong(f"{name} written as a Python literal") from None
+
+    if expected is None or expected is typing.Any or isinstance(expected, str):
+        if text.lower() in ("true", "false"):
+            return text.lower() == "true"
+        try:
+            return ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            return text  # a bare word is a string
+    origin = typing.get_origin(expected) or expected
+    if origin in (typing.Union, types.UnionType):  # Optional[int], int | None, ...
+        arms = typing.get_args(expected)
+        if type(None) in arms and text == "None":
+            return None
+        for arm in arms:
+            if arm is not type(None):
+                try:
+                    return _read_arg(key, text, arm)
+                except UserError:
+                    pass
+        raise wrong(" or ".join("None" if a is type(None) else getattr(a, "__name__", str(a)) for a in arms))
+    if origin is bool:
+        if text.lower() in ("true", "false"):
+            return text.lower() == "true"
+        raise wrong("true or false (bool)")
+    if origin in (int, float):
+        try:
+            return origin(text)
+        except ValueError:
+            raise wrong(origin.__name__) from None
+    if origin is str:
+        return text
+    if origin in (tuple, list, set, frozenset, dict):
+        value = literal(origin.__name__)
+        # [20, 56] and (20, 56) both read as a sequence; the parameter's own type is what it gets.
+        kinds = (dict,) if origin is dict else (tuple, list, set, frozenset)
+        if not isinstance(value, kinds):
+            raise wrong(f"{origin.__name__} written as a Python literal")
+        return origin(value)
+    name = getattr(origin, "__name__", str(expected))
+    value = literal(name)  # any other type: a literal of that type
+    if isinstance(origin, type) and not isinstance(value, origin):
+        raise wrong(name)
+    return value
+
+
 def check(spec, name):
+    """The spec with its defaults filled in; a UserError naming the valid choices for anything wrong.
+
+    Every option of every choice of the param space is resolved by the trainable, so that a bad
+    model, dataset or op name in any corner of the grid fails here, not hours later in a trial.
+    """
+    from searchlab.sweep import SCHEDULERS, SEARCHERS, TRAINABLES, build
+
     if not isinstance(spec, dict):
         raise UserError(f"space() of {name!r} must return a dict with keys {', '.join(SPEC_DEFAULTS)}")
     unknown = set(spec) - set(SPEC_DEFAULTS)
@@ -98,10 +194,11 @@ def check(spec, name):
         raise UserError(f"unknown key(s) {', '.join(sorted(unknown))} in search space {name!r}; "
                         f"valid: {', '.join(SPEC_DEFAULTS)}")
     spec = {**SPEC_DEFAULTS, **spec}
-    if spec["searcher"] not in SEARCHERS:
-        raise UserError(f"unknown searcher {spec['searcher']!r}; valid searchers: {', '.join(SEARCHERS)}")
-    if spec["scheduler"] not in SCHEDULERS:
-        raise UserError(f"unknown scheduler {spec['scheduler']!r}; valid schedulers: none, asha")
+    spec["scheduler"] = spec["scheduler"] or "fifo"  # None: Tune's first-in first-out
+    for key, table, plural in [("trainable", TRAINABLES, "trainables"), ("searcher", SEARCHERS, "searchers"),
+                               ("scheduler", SCHEDULERS, "schedulers")]:
+        if spec[key] not in table:
+            raise UserError(f"unknown {key} {spec[key]!r}; valid {plural}: {', '.join(table)}")
     if spec["mode"] not in ("max", "min"):
         raise UserError(f"mode must be max or min, got {spec['mode']!r}")
     space = spec["param_space"]
@@ -112,20 +209,27 @@ def check(spec, name):
     elif not isinstance(space, dict):
         raise UserError(f"search space {name!r}: param_space must be a dict (or, with the optuna "
                         "searcher, a define-by-run function)")
-    # Every option of every choice, tried one at a time: a bad model, dataset or op name in any
-    # corner of the grid fails here, not hours later in a trial.
+    trainable = TRAINABLES[spec["trainable"]]
     for example in examples(space):
-        resolve(example)
+        every, at_end = trainable.metrics(trainable.resolve(example))
+        if spec["metric"] not in every:
+            late = f" ({spec['metric']} comes only with the last epoch)" if spec["metric"] in at_end else ""
+            raise UserError(f"metric {spec['metric']!r} is not reported by every epoch of trainable "
+                            f"{spec['trainable']!r}{late}; it reports: {', '.join(every)}")
+    build(SEARCHERS, "searcher", spec)
+    build(SCHEDULERS, "scheduler", spec)
     return spec
 
 
 def check_data(spec):
     """Fail early, on the driver, when a dataset the sweep needs is not on disk."""
     from searchlab.data import require
+    from searchlab.sweep import TRAINABLES
 
     for example in examples(spec["param_space"]):
-        data = resolve(example)["data"]
-        require(data["dataset"], data["root"])
+        data = TRAINABLES[spec["trainable"]].resolve(example).get("data")
+        if data:
+            require(data["dataset"], data["root"])
 
 
 def examples(param_space):

@@ -1,16 +1,21 @@
 """Run, resume and inspect sweeps: a search-space spec becomes a Tuner.
 
+What a spec can name is in three literal tables: ``TRAINABLES`` (what a trial runs), ``SEARCHERS``
+and ``SCHEDULERS`` (each a function of the spec and its ``*_options``).
+
 An experiment directory is ``<storage>/<name>``. Next to Tune's own files it holds
-``searchlab_sweep.json``, the space and arguments it was started with, which is all ``resume``
-needs to rebuild the same Tuner.
+``searchlab_sweep.json``: the space, its arguments and its source text when the sweep started,
+which is all ``resume`` needs to rebuild the same Tuner and all a reader needs to know what ran.
 """
 import datetime
 import glob
+import inspect
 import json
 import os
 from pathlib import Path
+from typing import Callable, NamedTuple
 
-from searchlab import spaces
+from searchlab import config, spaces, trainable, train
 from searchlab.errors import UserError
 
 RECORD = "searchlab_sweep.json"
@@ -31,18 +36,20 @@ def run(space, args=None, name=None, storage=None, address=None):
         raise UserError(f"experiment {experiment} exists; continue it with `searchlab resume "
                         f"{experiment}` or pick another --name")
     experiment.mkdir(parents=True, exist_ok=True)
+    module = spaces.load_module(space)
     (experiment / RECORD).write_text(json.dumps(
-        {"space": space, "args": args or {}, "name": name, "address": address}, indent=2))
+        {"space": space, "args": args or {}, "name": name, "address": address,
+         "space_file": inspect.getsourcefile(module), "space_source": inspect.getsource(module)}, indent=2))
 
     from ray import tune
 
     _init_ray(address)
     tuner = tune.Tuner(
-        _trainable(spec, experiment),
+        _trainable(spec),
         param_space={} if spec["searcher"] == "optuna" else spec["param_space"],
         tune_config=tune.TuneConfig(
-            search_alg=_searcher(spec),
-            scheduler=_scheduler(spec),
+            search_alg=build(SEARCHERS, "searcher", spec),
+            scheduler=build(SCHEDULERS, "scheduler", spec),
             num_samples=spec["num_samples"],
             max_concurrent_trials=spec["max_concurrent_trials"],
             reuse_actors=True,
@@ -68,7 +75,7 @@ def resume(experiment, address=None):
 
     _init_ray(address or record.get("address"))
     tuner = tune.Tuner.restore(
-        str(experiment), _trainable(spec, experiment), resume_errored=True,
+        str(experiment), _trainable(spec), resume_errored=True,
         param_space=None if spec["searcher"] == "optuna" else spec["param_space"])
     # The run config, CKA callback included, comes back from the experiment's tuner.pkl.
     tuner.fit()
@@ -88,11 +95,12 @@ def read_record(experiment):
 
 
 def trial_table(experiment):
-    """One row per trial: name, status, latest metrics. Read from Tune's experiment state."""
+    """One row per trial: name, a ``*`` in column ``best`` for the best trial by the sweep's metric
+    and mode, status, what differs between trials, latest metrics. Read from Tune's experiment state."""
     from ray.tune import ExperimentAnalysis
 
     experiment = Path(experiment).expanduser().resolve()
-    read_record(experiment)
+    record = read_record(experiment)
     if not glob.glob(str(experiment / "experiment_state-*.json")):
         return []
     trials = sorted(ExperimentAnalysis(str(experiment)).trials, key=str)
@@ -100,12 +108,18 @@ def trial_table(experiment):
     # The config keys whose values differ between trials say what each trial is.
     keys = dict.fromkeys(k for c in configs for k in c)
     varying = [k for k in keys if len({repr(c.get(k)) for c in configs}) > 1]
+    results = [t.last_result or {} for t in trials]
+    metric, mode = _metric_and_mode(record)
+    best = _best_index(results, metric, mode)
+    metrics = list(dict.fromkeys([*STATUS_METRICS, *([metric] if metric else [])]))
     rows = []
-    for trial, config in zip(trials, configs):
-        result = trial.last_result or {}
-        rows.append({"trial": str(trial), "status": trial.status,
+    for i, (trial, config, result) in enumerate(zip(trials, configs, results)):
+        row = {"trial": str(trial)}
+        if best is not None:
+            row["best"] = "*" if i == best else ""
+        rows.append({**row, "status": trial.status,
                      **{k: _short(config.get(k)) for k in varying},
-                     **{k: result[k] for k in STATUS_METRICS if k in result}})
+                     **{k: result[k] for k in metrics if k in result}})
     return rows
 
 
@@ -140,50 +154,103 @@ def _init_ray(address):
 
     if ray.is_initialized():
         return
+    # How loud Ray is on the driver and in the workers: see configure_console.
+    options = {"logging_level": _console["ray_level"]}
+    if _console["worker_setup"]:
+        options["runtime_env"] = {"worker_process_setup_hook": _console["worker_setup"]}
+    # RAY_AUTH_MODE is read when Ray is imported, so it cannot be set here: the CLI sets it.
     if address:
-        ray.init(address=address)
+        ray.init(address=address, **options)
     else:
-        ray.init(include_dashboard=False)
+        ray.init(include_dashboard=False, **options)
 
 
-def _trainable(spec, experiment):
+def _trainable(spec):
     from ray import tune
 
-    from searchlab.trainable import train
-
     resources = {"cpu": 1, "gpu": 0, **spec["resources"]}
-    # The experiment directory lets a trial find checkpoints newer than Tune's last snapshot.
-    return tune.with_resources(tune.with_parameters(train, experiment_dir=str(experiment)),
+    return tune.with_resources(TRAINABLES[spec["trainable"]].run,
                                {"cpu": resources["cpu"], "gpu": resources["gpu"]})
 
 
-def _searcher(spec):
+# ---- tables: what a search-space spec can name ---------------------------------------------------
+
+class Trainable(NamedTuple):
+    run: Callable       # the Tune function trainable: run(config)
+    resolve: Callable   # trial config -> resolved config; UserError on bad input
+    metrics: Callable   # resolved config -> (metrics in every report, metrics in the last one only)
+    epochs: Callable    # resolved config -> epochs a trial trains (ASHA's max_t)
+
+
+TRAINABLES = {
+    "train": Trainable(trainable.train, config.resolve, trainable.reported_metrics, train.total_epochs),
+}
+
+
+def _grid(spec):
+    # grid_search axes and sampled domains are both Tune's basic variant generation.
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
-    if spec["searcher"] == "optuna":
-        import optuna
-        from ray.tune.search.optuna import OptunaSearch
-
-        return OptunaSearch(space=spec["param_space"], metric=spec["metric"], mode=spec["mode"],
-                            sampler=optuna.samplers.TPESampler(seed=spec["seed"]))
     return BasicVariantGenerator(random_state=spec["seed"])
 
 
-def _scheduler(spec):
-    if spec["scheduler"] == "asha":
-        from ray.tune.schedulers import ASHAScheduler
+def _optuna(spec, sampler="tpe", **sampler_options):
+    """Optuna's define-by-run search with a seeded ``sampler`` (tpe or random) and its options."""
+    import optuna
+    from ray.tune.search.optuna import OptunaSearch
 
-        # time_attr "epoch" is the trainable's own counter, so rungs are in epochs.
-        return ASHAScheduler(time_attr="epoch", metric=spec["metric"], mode=spec["mode"],
-                             max_t=_max_epochs(spec), grace_period=1, reduction_factor=2)
-    return None
+    samplers = {"tpe": optuna.samplers.TPESampler, "random": optuna.samplers.RandomSampler}
+    if sampler not in samplers:
+        raise UserError(f"unknown optuna sampler {sampler!r}; valid samplers: {', '.join(samplers)}")
+    return OptunaSearch(space=spec["param_space"], metric=spec["metric"], mode=spec["mode"],
+                        sampler=samplers[sampler](seed=spec["seed"], **sampler_options))
 
 
-def _max_epochs(spec):
-    from searchlab.config import DEFAULTS
+# name -> searcher(spec, **searcher_options)
+SEARCHERS = {"grid": _grid, "random": _grid, "optuna": _optuna}
 
-    epochs = [e.get("optim", {}).get("epochs") for e in spaces.examples(spec["param_space"])]
-    return max([e for e in epochs if isinstance(e, int)] or [DEFAULTS["optim"]["epochs"]])
+
+def _fifo(spec):
+    return None  # Tune's default: trials run to the end in the order they came
+
+
+def _asha(spec, grace_period=1, reduction_factor=2, max_t=None):
+    """Asynchronous successive halving; rungs in epochs (the trainable's ``epoch``), ``max_t`` by
+    default the most epochs any trial of the space trains."""
+    from ray.tune.schedulers import ASHAScheduler
+
+    return ASHAScheduler(time_attr="epoch", metric=spec["metric"], mode=spec["mode"],
+                         max_t=max_t or max_epochs(spec), grace_period=grace_period,
+                         reduction_factor=reduction_factor)
+
+
+# name -> scheduler(spec, **scheduler_options)
+SCHEDULERS = {"fifo": _fifo, "asha": _asha}
+
+
+def build(table, kind, spec):
+    """The searcher or scheduler (``kind``) the spec names, with its options; UserError on bad ones."""
+    name, options = spec[kind], spec[f"{kind}_options"] or {}
+    factory = table[name]
+    params = inspect.signature(factory).parameters
+    takes_any = any(p.kind == p.VAR_KEYWORD for p in params.values())
+    valid = [p for p in params if p != "spec" and params[p].kind != params[p].VAR_KEYWORD]
+    unknown = [k for k in options if k not in valid]
+    if unknown and not takes_any:
+        raise UserError(f"unknown {kind}_options {', '.join(unknown)} for {kind} {name!r}; "
+                        f"valid: {', '.join(valid) or 'none'}")
+    try:
+        return factory(spec, **options)
+    except UserError:
+        raise
+    except (TypeError, ValueError) as e:
+        raise UserError(f"{kind} {name!r} with {kind}_options {options}: {e}") from e
+
+
+def max_epochs(spec):
+    """The most epochs a trial of the space trains, every grid choice (and variant) resolved."""
+    entry = TRAINABLES[spec["trainable"]]
+    return max(entry.epochs(entry.resolve(example)) for example in spaces.examples(spec["param_space"]))
 
 
 def _callbacks(spec, experiment):
@@ -208,3 +275,99 @@ def _run_config(spec, name, storage, experiment):
         sync_config=tune.SyncConfig(sync_artifacts=True),
         verbose=1,
     )
+
+
+# ---- console: what Ray and Tune print --------------------------------------------------------------
+
+# Set by configure_console, read by _init_ray. Until it is called Ray and Tune print as they do by
+# default (Python callers of run and resume get their usual output).
+_console = {"ray_level": "info", "worker_setup": None}
+
+
+def configure_console(verbose=False):
+    """Keep Tune's progress table, its trial errors and searchlab's own lines; drop Ray's and Tune's
+    notices that a searchlab user cannot act on. ``verbose`` keeps everything Ray and Tune print.
+
+    Each notice is turned off where it is made: a Tune setting, a logger's level, or (the TensorBoard
+    hint) the value Tune prints. Errors stay: a trial that raises still shows "Trial task failed"
+    with its traceback and, in the final table, its error file.
+    """
+    import logging
+
+    if verbose:
+        return
+    # Tune forces an experiment snapshot whenever a trial has saved CheckpointConfig(num_to_keep)
+    # checkpoints since the last one, and warns when that happens more often than every 5 s. Trials
+    # checkpoint every epoch by design, so short epochs (the digits quick start) trip it every other
+    # epoch, for a snapshot that is a small local write. The snapshot period, TUNE_GLOBAL_CHECKPOINT_S,
+    # does not govern these forced snapshots; this threshold, named in the warning itself, does.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # Ray's INFO lines on the driver: "Started a local Ray instance", "Wrote the latest version ...".
+    _console["ray_level"] = "warning"
+    # On Ctrl-C Tune advises `Tuner.restore(path=..., trainable=...)`; searchlab prints its own
+    # `searchlab resume EXPERIMENT`. That logger's errors (a failed last snapshot) still show.
+    logging.getLogger("ray.tune.tune").setLevel(logging.ERROR)
+    # ExperimentAnalysis, built by Tuner.fit, Tuner.restore and trial_table, warns "Failed to fetch
+    # metrics ... FileNotFoundError" for every trial that has not reported yet: it tests
+    # `trial.last_result is None`, which Trial.last_result never is. The table shows them PENDING.
+    logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
+    # Each trial's worker logs "Checkpoint successfully created at: ..." every epoch, which the driver
+    # shows folded into "[repeated Nx across cluster]" lines. Quiet that logger in every worker; the
+    # rest of the workers' output (a trial's prints, warnings and errors) still reaches the console.
+    _console["worker_setup"] = _quiet_worker_logs
+    _tensorboard_hint_names_experiment()
+
+
+def _quiet_worker_logs():
+    """Runs in each Ray worker as it starts (ray.init's worker_process_setup_hook)."""
+    import logging
+
+    logging.getLogger("ray.train").setLevel(logging.WARNING)
+
+
+def _tensorboard_hint_names_experiment():
+    """Tune's "To visualize your results with TensorBoard, run: `tensorboard --logdir ...`" names its
+    staging folder inside Ray's session directory, which is deleted with the session and is not
+    where searchlab keeps results. Ray 2.60 has no setting for this line (tune.run passes that folder
+    whenever a TBXLoggerCallback is present), so the progress reporter is handed the experiment
+    directory instead: the folder `searchlab tensorboard` opens."""
+    from ray.tune.experimental import output
+
+    started = output.ProgressReporter.experiment_started
+    if getattr(started, "names_experiment", False):
+        return
+
+    def experiment_started(self, *args, experiment_path=None, tensorboard_path=None, **kwargs):
+        return started(self, *args, experiment_path=experiment_path,
+                       tensorboard_path=experiment_path if tensorboard_path else None, **kwargs)
+
+    experiment_started.names_experiment = True
+    output.ProgressReporter.experiment_started = experiment_started
+
+
+# ---- the best trial of a table ---------------------------------------------------------------------
+
+def _metric_and_mode(record):
+    """The sweep's metric and mode from its search space; (None, None) when the space no longer loads
+    (moved or edited since), so that the table still shows, unmarked."""
+    try:
+        spec = spaces.load(record["space"], record["args"])
+    except UserError:
+        return None, None
+    return spec["metric"], spec["mode"]
+
+
+def _best_index(results, metric, mode):
+    """Index of the best of the trials' last results, or None when no trial reported the metric.
+
+    A trial keeps its best epoch, so it is judged by its best-so-far value ``best_<metric>`` where it
+    reports one, else by its latest ``metric``.
+    """
+    values = {}
+    for i, result in enumerate(results):
+        value = result.get(f"best_{metric}", result.get(metric))
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value == value:  # not NaN
+            values[i] = value
+    if not values:
+        return None
+    return (max if mode == "max" else min)(values, key=values.get)

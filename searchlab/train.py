@@ -1,15 +1,41 @@
-"""The pieces of an epoch, free of Ray: learning-rate schedule, one training epoch, evaluation.
+"""The pieces of an epoch, free of Ray: learning-rate schedule, phases, one training epoch,
+evaluation.
 
-The trainable strings them together; the benchmark times ``train_epoch`` on its own.
+Everything that changes over training is a pure function of time: ``lr_at`` for the learning rate,
+``phase_at`` for the augmentation and regime. A resumed trial needs no scheduler state, only its
+epoch. The trainable strings the pieces together; the benchmark times ``train_epoch`` on its own.
 """
 import math
+from functools import partial
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 
-from searchlab.config import SCHEDULES
 from searchlab.data import batches, normalize
-from searchlab.errors import UserError
+from searchlab.regimes import REGIMES
+
+
+# ---- learning rate --------------------------------------------------------------------------
+
+def _cosine(optim, t):
+    warmup = optim["warmup_epochs"]
+    progress = (t - warmup) / max(optim["epochs"] - warmup, 1e-12)
+    return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def _step(optim, t):
+    # Milestones count from the start of training, warmup included, as torch's MultiStepLR.
+    milestones = [m * optim["epochs"] if m < 1 else m for m in optim["milestones"]]
+    return optim["gamma"] ** sum(t >= m for m in milestones)
+
+
+def _constant(optim, t):
+    return 1.0
+
+
+# name -> the factor on optim.lr at fractional epoch t, once the warmup is over
+SCHEDULES = {"cosine": _cosine, "step": _step, "constant": _constant}
 
 
 def lr_at(optim, t):
@@ -17,18 +43,9 @@ def lr_at(optim, t):
 
     A pure function of time, so resuming needs no scheduler state.
     """
-    lr, epochs, warmup = optim["lr"], optim["epochs"], optim["warmup_epochs"]
-    if t < warmup:
-        return lr * t / warmup
-    if optim["schedule"] == "cosine":
-        progress = (t - warmup) / max(epochs - warmup, 1e-12)
-        return lr * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
-    if optim["schedule"] == "step":
-        milestones = [m * epochs if m < 1 else m for m in optim["milestones"]]
-        return lr * optim["gamma"] ** sum(t >= m for m in milestones)
-    if optim["schedule"] == "constant":
-        return lr
-    raise UserError(f"unknown schedule {optim['schedule']!r}; valid schedules: {', '.join(SCHEDULES)}")
+    if t < optim["warmup_epochs"]:
+        return optim["lr"] * t / optim["warmup_epochs"]
+    return optim["lr"] * SCHEDULES[optim["schedule"]](optim, t)
 
 
 def make_optimizer(model, optim):
@@ -36,23 +53,55 @@ def make_optimizer(model, optim):
                            nesterov=optim["nesterov"], weight_decay=optim["weight_decay"])
 
 
-def train_epoch(model, data, optimizer, optim, epoch, augment, generator):
+# ---- phases ---------------------------------------------------------------------------------
+
+class Phase(NamedTuple):
+    pipeline: object    # a preset name or op specs (augment.pipeline)
+    mix: object         # None or a mix spec (augment.mix)
+    regime: str         # a name in regimes.REGIMES
+
+
+def total_epochs(cfg):
+    return cfg["optim"]["epochs"]
+
+
+def phase_at(cfg, epoch):
+    """The augmentation and regime of epoch ``epoch`` (counting from 0) of a resolved config.
+
+    The base config holds from epoch 0; each entry of ``phases`` takes over once ``start_epoch``
+    epochs have been trained, its ``augment`` and ``regime`` replacing the ones before it.
+    """
+    augment, regime = cfg["augment"], cfg["regime"]
+    for phase in cfg["phases"]:
+        if epoch >= phase["start_epoch"]:
+            augment = {**augment, **phase.get("augment", {})}
+            regime = phase.get("regime", regime)
+    return Phase(augment["pipeline"], augment["mix"], regime)
+
+
+def regime_of(cfg, name):
+    """The regime function ``name`` with its parameters from the config group of that name."""
+    return partial(REGIMES[name], **cfg.get(name, {}))
+
+
+# ---- one epoch ------------------------------------------------------------------------------
+
+def train_epoch(model, data, optimizer, optim, epoch, augment, generator, regime=REGIMES["standard"]):
     """Train one epoch (``epoch`` counts from 0); return (mean loss, accuracy) over its images.
 
-    Batches are shuffled and augmented with ``generator``, so a seeded generator replays the epoch.
-    Sums stay on the device to avoid a host sync per step.
+    ``regime`` decides what each batch becomes and what the loss is (``regimes.REGIMES``), with the
+    epoch's ``augment`` pipeline. Batches are shuffled and augmented with ``generator``, so a
+    seeded generator replays the epoch. Sums stay on the device to avoid a host sync per step.
     """
     model.train()
     steps = math.ceil(len(data.train) / optim["batch_size"])
     loss_sum = torch.zeros((), device=data.train.x.device)
     correct = torch.zeros((), device=data.train.x.device)
+    standardise = partial(normalize, mean=data.mean, std=data.std)
     for step, (x, y) in enumerate(batches(data.train, optim["batch_size"], generator)):
         for group in optimizer.param_groups:
             group["lr"] = lr_at(optim, epoch + (step + 1) / steps)
-        x = augment.images(x, generator)
-        # Mixes (mixup, cutmix, manifold mixup) turn the labels into soft labels (N, classes).
-        logits, target = augment.forward(model, normalize(x, data.mean, data.std), y, generator)
-        loss = F.cross_entropy(logits, target)
+        loss, logits = regime(model, x, y, augment, generator, standardise)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

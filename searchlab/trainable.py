@@ -1,11 +1,11 @@
 """The Tune trainable: one trial, top to bottom.
 
-set up -> resume -> epoch loop (train, evaluate, keep the best-validation state, report with a
-checkpoint). Regimes (augmentations now; split BatchNorm, refinement later) change what a batch
-becomes and what the loss is; they plug in at the marked places, not by subclassing.
+set up -> resume -> epoch loop (phase, train, evaluate, keep the best state, report with a
+checkpoint). The epoch's augmentation and regime come from ``train.phase_at`` and
+``regimes.REGIMES``, what is measured from the ``eval`` group and ``evals.EVALS``, and what goes to
+disk from ``checkpoint``: a new study plugs in there, not into this loop.
 """
 import copy
-import glob
 import json
 import os
 import random
@@ -16,19 +16,19 @@ import numpy as np
 import torch
 from ray import tune
 
+from searchlab import checkpoint
 from searchlab.augment import Pipeline
 from searchlab.config import resolve
 from searchlab.data import load_dataset
+from searchlab.evals import at_best, metric_names, run_evals
 from searchlab.models import build_model
-from searchlab.train import evaluate, lr_at, make_optimizer, train_epoch
+from searchlab.train import lr_at, make_optimizer, phase_at, regime_of, total_epochs, train_epoch
 from searchlab.version import code_version
 
-STATE_FILE = "state.pt"
 
-
-def train(config, experiment_dir=None):
+def train(config):
     cfg = resolve(config)
-    optim = cfg["optim"]
+    optim, ev = cfg["optim"], cfg["eval"]
 
     # ---- set up ---------------------------------------------------------------------------
     device = pick_device(cfg["device"])
@@ -40,113 +40,161 @@ def train(config, experiment_dir=None):
     model = build_model(cfg["model"]["name"], data.num_classes, in_channels=data.train.x.shape[1],
                         weights=cfg["model"]["weights"]).to(device)
     optimizer = make_optimizer(model, optim)
-    # Regime hook: what a training batch becomes, and how the model sees it.
-    augment = Pipeline(cfg["augment"]["pipeline"], cfg["augment"]["mix"], data.num_classes)
     record_trial(cfg)
 
     # ---- resume ---------------------------------------------------------------------------
-    best = {"epoch": 0, "val_acc": -1.0, "test_acc": 0.0, "model": copy.deepcopy(model.state_dict())}
+    best = {"epoch": 0, "model": copy.deepcopy(model.state_dict())}  # and the metrics of that epoch
     history = []  # every epoch's metrics, kept in the checkpoint
-    trial_dir = storage_trial_dir(experiment_dir)
-    state = latest_state(tune.get_checkpoint(), trial_dir)
+    state, unlogged = latest_state()
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         best, history = state["best"], state["history"]
         # An epoch whose checkpoint was saved but whose report never reached the results (the
         # driver stopped in between) is reported now, so that its curves have no hole.
-        logged = logged_epochs(trial_dir)
         for metrics in history:
-            if metrics["epoch"] not in logged:
+            if metrics["epoch"] in unlogged:
                 tune.report(metrics)
     else:
-        log_augment_preview(augment, data, cfg["seed"])
+        log_augment_preview(phase_at(cfg, 0), data, cfg["seed"])
 
     # ---- epoch loop -----------------------------------------------------------------------
-    for epoch in range(len(history), optim["epochs"]):
+    epochs = total_epochs(cfg)
+    for epoch in range(len(history), epochs):
         began = time.perf_counter()
         # One generator per (seed, epoch): shuffling and augmentation replay exactly on resume.
         generator = torch.Generator(device).manual_seed(cfg["seed"] * 100_003 + epoch)
-        train_loss, train_acc = train_epoch(model, data, optimizer, optim, epoch, augment, generator)
-        val_loss, val_acc = evaluate(model, data.val, data.mean, data.std)
-        test_loss, test_acc = evaluate(model, data.test, data.mean, data.std)
-        if val_acc > best["val_acc"]:
-            best = {"epoch": epoch + 1, "val_acc": val_acc, "test_acc": test_acc,
-                    "model": copy.deepcopy(model.state_dict())}
+        phase = phase_at(cfg, epoch)
+        augment = Pipeline(phase.pipeline, phase.mix, data.num_classes)
+        train_loss, train_acc = train_epoch(model, data, optimizer, optim, epoch, augment, generator,
+                                            regime_of(cfg, phase.regime))
+        measured = run_evals(ev["every_epoch"], model, data, cfg)
+        if is_better(measured[ev["select"]], best.get(ev["select"]), ev["mode"]):
+            best = {"epoch": epoch + 1, **measured, "model": copy.deepcopy(model.state_dict())}
         metrics = {
             "epoch": epoch + 1,
             "train_loss": train_loss,
             "train_acc": train_acc,
-            "val_loss": val_loss,
-            "val_acc": val_acc,
-            "test_loss": test_loss,
-            "test_acc": test_acc,
+            **measured,
             "lr": lr_at(optim, epoch + 1),
             "epoch_time": time.perf_counter() - began,
-            "best_epoch": best["epoch"],
-            "best_val_acc": best["val_acc"],
-            "test_acc_at_best": best["test_acc"],
+            **best_metrics(best, ev),
         }
+        if epoch + 1 == epochs:
+            metrics.update(evaluate_best(model, best, data, cfg))
         history.append(metrics)
         with tempfile.TemporaryDirectory() as folder:
-            torch.save({"epoch": epoch + 1, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                        "best": best, "history": history, "config": cfg},
-                       os.path.join(folder, STATE_FILE))
-            # The same config and metrics in plain JSON, for analysis that should not unpickle.
-            with open(os.path.join(folder, "trial.json"), "w") as f:
-                json.dump({"config": cfg, "metrics": metrics}, f, indent=1)
+            checkpoint.save(folder, epoch + 1, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                                "best": best, "history": history}, cfg, metrics)
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
 
 
-def storage_trial_dir(experiment_dir):
-    """This trial's folder on the experiment storage (Tune's trial dir is a local staging copy)."""
-    if not experiment_dir:
-        return None
-    found = glob.glob(os.path.join(experiment_dir, f"*_{tune.get_context().get_trial_id()}_*"))
-    return found[0] if found else None
+# ---- the best epoch ---------------------------------------------------------------------------
+
+def is_better(value, best, mode):
+    # Strictly better: on a tie the earlier epoch stays the best.
+    return best is None or (value > best if mode == "max" else value < best)
 
 
-def latest_state(checkpoint, trial_dir):
-    """The newest loadable training state of this trial, or None for a fresh start.
+def best_metrics(best, ev):
+    """The best epoch, its value of ``eval.select``, and its test metrics (``test_acc_at_best``...)."""
+    return {"best_epoch": best["epoch"], f"best_{ev['select']}": best[ev["select"]],
+            **{at_best(k): v for k, v in best.items() if k.startswith("test_")}}
+
+
+def evaluate_best(model, best, data, cfg):
+    """The ``eval.at_end`` evaluations of the best model, as ``<metric>_at_best``."""
+    if not cfg["eval"]["at_end"]:
+        return {}
+    model = copy.deepcopy(model)
+    model.load_state_dict(best["model"])
+    return {at_best(k): v for k, v in run_evals(cfg["eval"]["at_end"], model, data, cfg).items()}
+
+
+def reported_metrics(cfg):
+    """The metrics every report of a trial with resolved config ``cfg`` carries, and those reported
+    only with its last epoch: (every epoch, at the end)."""
+    ev = cfg["eval"]
+    measured = metric_names(ev["every_epoch"], cfg)
+    every = ["epoch", "train_loss", "train_acc", *measured, "lr", "epoch_time", "best_epoch",
+             f"best_{ev['select']}", *(at_best(m) for m in measured if m.startswith("test_"))]
+    return every, [at_best(m) for m in metric_names(ev["at_end"], cfg)]
+
+
+# ---- resume -----------------------------------------------------------------------------------
+
+def latest_state():
+    """(the newest loadable training state of this trial or None, the epochs to report again).
 
     Tune hands back the checkpoint named in its last experiment snapshot, which can be older than
-    the newest one on storage when the driver was killed; so the trial's own checkpoint folders are
-    searched as well. Checkpoints that exist but cannot be loaded are an error, never a silent
-    fresh start; a newest one cut short by a kill is skipped for the one before it.
+    the newest one on storage when the driver was killed; so the trial's folder on storage is
+    searched as well, and epochs of a newer checkpoint that are missing from its result.json are
+    reported again. Checkpoints that exist but cannot be loaded are an error, never a silent fresh
+    start (``checkpoint.newest_state``).
     """
-    paths = glob.glob(os.path.join(trial_dir, "checkpoint_*", STATE_FILE)) if trial_dir else []
-    if checkpoint is None:
-        return _newest(paths)
-    with checkpoint.as_directory() as folder:
-        return _newest(paths + [os.path.join(folder, STATE_FILE)])
+    given = tune.get_checkpoint()
+    stored, logged = storage_checkpoints()
+    candidates = ([given] if given else []) + stored
+    with tempfile.TemporaryDirectory() as scratch:
+        folders = [local_folder(c, os.path.join(scratch, str(i))) for i, c in enumerate(candidates)]
+        state = checkpoint.newest_state(folders)
+        known = checkpoint.read_record(folders[0])["epoch"] if given else 0
+    if state is None:
+        return None, set()
+    return state, epochs_to_report([m["epoch"] for m in state["history"]], known, logged)
 
 
-def _newest(paths):
-    states, errors = [], []
-    for path in set(paths):
-        try:
-            states.append(torch.load(path, map_location="cpu", weights_only=False))
-        except Exception as e:
-            errors.append(f"{path}: {type(e).__name__}: {e}")
-    if errors and not states:
-        raise RuntimeError(f"cannot resume: every checkpoint is unreadable ({'; '.join(errors)})")
-    return max(states, key=lambda s: s["epoch"], default=None)
+def epochs_to_report(epochs, known, logged):
+    """Epochs of a resumed history that never reached the results.
 
-
-def logged_epochs(trial_dir):
-    """Epochs already in the trial's result.json on storage."""
-    path = os.path.join(trial_dir or "", "result.json")
-    if not os.path.isfile(path):
+    Epochs up to ``known`` (that of the checkpoint Tune handed back) were logged before Tune
+    recorded that checkpoint. Later ones are reported unless ``logged`` (the epochs in the trial's
+    result.json on storage) holds them; when the storage folder was not found (``logged`` None)
+    nothing is reported again: a hole in a curve is better than an epoch logged twice.
+    """
+    if logged is None:
         return set()
-    epochs = set()
-    with open(path) as f:
-        for line in f:
-            try:
-                epochs.add(json.loads(line).get("epoch"))
-            except json.JSONDecodeError:  # a last line cut short by a kill
-                pass
-    return epochs
+    return {e for e in epochs if e > known and e not in logged}
 
+
+def storage_checkpoints():
+    """(this trial's checkpoints on the experiment storage, the epochs in its result.json there).
+
+    Tune's trial directory is a local staging copy; the storage context knows the trial's folder on
+    the storage, local or remote. ``([], None)`` when it cannot be found.
+    """
+    try:
+        from pyarrow.fs import FileSelector, FileType
+        from ray.train._internal.session import get_storage  # Tune's own view of the storage
+
+        storage = get_storage()
+        fs, folder = storage.storage_filesystem, storage.trial_fs_path
+        entries = fs.get_file_info(FileSelector(folder, allow_not_found=True))
+    except Exception:  # outside a Tune session, or a Ray version without this context
+        return [], None
+    stored = [tune.Checkpoint(e.path, filesystem=fs) for e in entries
+              if e.type == FileType.Directory and e.base_name.startswith(checkpoint.PREFIX)]
+    logged = set()
+    if any(e.base_name == "result.json" for e in entries):
+        with fs.open_input_stream(f"{folder}/result.json") as f:
+            for line in f.read().decode().splitlines():
+                try:
+                    logged.add(json.loads(line).get("epoch"))
+                except json.JSONDecodeError:  # a last line cut short by a kill
+                    pass
+    return stored, logged
+
+
+def local_folder(ckpt, scratch):
+    """A local folder holding ``ckpt``: its own path on local storage, else a download."""
+    from pyarrow.fs import LocalFileSystem
+
+    if isinstance(ckpt.filesystem, LocalFileSystem):
+        return ckpt.path
+    return ckpt.to_directory(scratch)
+
+
+# ---- the trial's surroundings -----------------------------------------------------------------
 
 def pick_device(name):
     if name == "auto":
@@ -169,7 +217,7 @@ def seed_everything(seed):
     torch.manual_seed(seed)  # seeds CUDA too
 
 
-def log_augment_preview(augment, data, seed):
+def log_augment_preview(phase, data, seed):
     """A grid of augmented training images in the trial's TensorBoard events, at its start."""
     from torch.utils.tensorboard import SummaryWriter
 
@@ -178,6 +226,7 @@ def log_augment_preview(augment, data, seed):
     folder = tune.get_context().get_trial_dir()
     if folder:
         generator = torch.Generator(data.train.x.device).manual_seed(seed)
+        augment = Pipeline(phase.pipeline, phase.mix, data.num_classes)
         grid = preview_grid(augment, data.train.x[:8], data.train.y[:8], generator)
         with SummaryWriter(folder) as writer:
             writer.add_image("augment/preview", grid, 0)

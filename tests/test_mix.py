@@ -4,9 +4,10 @@ import torch
 import torch.nn.functional as F
 
 from searchlab.augment import PRESETS, Pipeline, validate
-from searchlab.augment.mix import cutmix, manifold_mixup_forward, mixup
+from searchlab.augment.mix import cutmix, mixup
 from searchlab.errors import UserError
 from searchlab.models import build_model
+from searchlab.regimes import mixed_forward
 
 
 def batch(n=16, classes=10, seed=0):
@@ -75,7 +76,8 @@ def test_manifold_mixup_mixes_the_chosen_stage():
     x, y, soft = batch(6)
     for layer in (0, 1, 2):
         g = torch.Generator().manual_seed(7)
-        logits, ym = manifold_mixup_forward(model, x, soft, g, alpha=2.0, layers=(layer,))
+        mix = {"name": "manifold_mixup", "alpha": 2.0, "layers": (layer,)}
+        logits, ym = mixed_forward(model, x, soft, Pipeline([], mix, num_classes=10), g)
         lam, partner_class = partner_weights(ym, y)
         perm = torch.tensor([int((y == c).nonzero()) for c in partner_class])
         with torch.no_grad():

@@ -9,16 +9,16 @@ first ``cka.images`` validation images, with the models at their best-validation
 """
 import csv
 import glob
-import json
 import os
 import tempfile
 
 import numpy as np
-import torch
 
+from searchlab import checkpoint
 from searchlab.analysis.cka import cka_impact, cka_matrix, layer_depths
 from searchlab.data import DATASETS, Split, batches, load_dataset, normalize
 from searchlab.models import build_model
+from searchlab.train import total_epochs
 
 CKA_DIR = "cka"
 
@@ -38,23 +38,15 @@ def study_trials(experiment_dir):
             continue
         config = record["config"]
         label = config["cka"]["label"]
-        if label is not None and record["metrics"]["epoch"] >= config["optim"]["epochs"]:
+        if label is not None and record["epoch"] >= total_epochs(config):
             groups.setdefault(config["cka"]["group"], {})[label] = trial_dir.rstrip(os.sep)
     return groups
 
 
-def newest_checkpoint(trial_dir):
-    paths = sorted(glob.glob(os.path.join(trial_dir, "checkpoint_*", "trial.json")))
-    return os.path.dirname(paths[-1]) if paths else None
-
-
 def newest_record(trial_dir):
-    """The config and last metrics stored with the trial's newest checkpoint."""
-    checkpoint = newest_checkpoint(trial_dir)
-    if checkpoint is None:
-        return None
-    with open(os.path.join(checkpoint, "trial.json")) as f:
-        return json.load(f)
+    """The config and last metrics stored with the trial's newest checkpoint, or None."""
+    folder = checkpoint.newest(trial_dir)
+    return checkpoint.read_record(folder) if folder else None
 
 
 def pairs(labels, references):
@@ -88,9 +80,9 @@ def pending(experiment_dir):
 
 def best_model(trial_dir, device="cpu"):
     """(model at its best-validation epoch, trial config, best metrics)."""
-    checkpoint = newest_checkpoint(trial_dir)
-    config = newest_record(trial_dir)["config"]
-    state = torch.load(os.path.join(checkpoint, "state.pt"), map_location="cpu", weights_only=False)
+    folder = checkpoint.newest(trial_dir)
+    config = checkpoint.read_record(folder)["config"]
+    state = checkpoint.load_state(folder)
     data = config["data"]
     channels = 1 if data["dataset"] == "digits" else 3
     model = build_model(config["model"]["name"], DATASETS[data["dataset"]], in_channels=channels)

@@ -114,10 +114,10 @@ def _check_params(kind, name, spec, table, reserved):
 class Pipeline:
     """The training augmentation of a trial.
 
-    ``images(x, generator)`` applies the ops to uint8 images; ``forward(model, x, y, generator)``
-    runs the model on normalised images with the mix, returning (logits, soft or hard labels).
-    Calling it, ``pipeline(x, y, generator)``, does the parts that need no model, for use on its own: it returns
-    images (float in 0..255 when a mix blended them) and labels (soft when mixed).
+    ``images(x, generator)`` applies the ops to uint8 images; ``mixer()`` says how the mix acts (a
+    regime applies it: ``regimes.mixed_forward``). Calling it, ``pipeline(x, y, generator)``, does
+    the parts that need no model, for use on its own: it returns images (float in 0..255 when a mix
+    blended them) and labels (soft when mixed).
     """
 
     def __init__(self, pipeline, mix=None, num_classes=None):
@@ -139,28 +139,19 @@ class Pipeline:
                 x = torch.cat([x, op(x, generator)]).index_select(0, rows)
         return x
 
-    def _mix(self):
-        """(kind, function, params) of the mix."""
+    def mixer(self):
+        """(kind, function, params) of the mix: "input" mixes act on the batch, "model" mixes
+        inside the forward pass."""
         kind, function = mixes.MIXES[self.mix["name"]]
         return kind, function, {k: v for k, v in self.mix.items() if k != "name"}
-
-    def forward(self, model, x, y, generator):
-        if self.mix is None:
-            return model(x), y
-        kind, function, params = self._mix()
-        y = mixes.soft(y, self.num_classes)
-        if kind == "model":
-            return function(model, x, y, generator, **params)
-        x, y = function(x, y, generator, **params)
-        return model(x), y
 
     def __call__(self, x, y, generator):
         x = self.images(x, generator)
         if self.mix is None:
             return x, y
-        kind, function, params = self._mix()
+        kind, function, params = self.mixer()
         if kind == "model":
-            raise ValueError(f"{self.mix['name']} mixes inside a model: use Pipeline.forward")
+            raise ValueError(f"{self.mix['name']} mixes inside a model: use regimes.mixed_forward")
         return function(x.float(), mixes.soft(y, self.num_classes), generator, **params)
 
     def __repr__(self):

@@ -1,7 +1,9 @@
 """Batch-level mixes: mixup, cutmix and manifold mixup, on normalised float images.
 
-Each returns the mixed inputs (or logits) and soft labels (N, classes). As in the reference
-implementations, one mixing weight and one partner permutation are drawn per batch. Beta draws come
+Mixup and cutmix return the mixed inputs and soft labels (N, classes). Manifold mixup mixes hidden
+states inside a model: here it only draws where and how; ``regimes.mixed_forward`` places it in the
+model, so that this package needs no model code. As in the reference implementations, one mixing
+weight and one partner permutation are drawn per batch. Beta draws come
 from a NumPy generator seeded from the torch generator, since torch's Beta sampler takes no
 generator and the mix must replay under a seed.
 """
@@ -10,7 +12,6 @@ import torch
 import torch.nn.functional as F
 
 from searchlab.augment.stochastic import box_mask
-from searchlab.models import mix_points
 
 
 def _beta(alpha, generator):
@@ -54,29 +55,21 @@ def cutmix(x, y, generator, alpha=1.0, p=1.0):
     return mixed, kept * y + (1 - kept) * y[perm]
 
 
-def manifold_mixup_forward(model, x, y, generator, alpha=2.0, layers=(0, 1, 2)):
+def manifold_mixup(y, generator, alpha=2.0, layers=(0, 1, 2)):
     """Verma et al. (2019): mix hidden states at a layer drawn from ``layers`` (0 = the input).
 
-    Returns (logits, soft labels). The mix happens in a forward hook on the chosen stage, so the
-    models need no mixing code of their own, only ``models.mix_points``.
+    Returns (layer, mix, soft labels), where ``mix(h)`` blends a batch of hidden states with their
+    partners; the mix points of a model are ``models.mix_points``.
     """
-    points = mix_points(model)
-    choice = torch.randint(len(layers), (1,), generator=generator, device=generator.device).item()
-    layer = layers[choice]
+    layer = layers[torch.randint(len(layers), (1,), generator=generator, device=generator.device).item()]
     lam = _beta(alpha, generator)
-    perm = _partners(len(x), generator, x.device)
-    if layer == 0:
-        return model(lam * x + (1 - lam) * x[perm]), lam * y + (1 - lam) * y[perm]
-    handle = points[layer - 1].register_forward_hook(lambda m, i, out: lam * out + (1 - lam) * out[perm])
-    try:
-        return model(x), lam * y + (1 - lam) * y[perm]
-    finally:
-        handle.remove()
+    perm = _partners(len(y), generator, y.device)
+    return layer, lambda h: lam * h + (1 - lam) * h[perm], lam * y + (1 - lam) * y[perm]
 
 
 # name -> (kind, function): "input" mixes act on the batch, "model" mixes inside the forward pass.
 MIXES = {
     "mixup": ("input", mixup),
     "cutmix": ("input", cutmix),
-    "manifold_mixup": ("model", manifold_mixup_forward),
+    "manifold_mixup": ("model", manifold_mixup),
 }

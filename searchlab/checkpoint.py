@@ -1,0 +1,116 @@
+"""A trial's checkpoint on disk: this module alone knows its file names and schema. No Ray.
+
+A checkpoint is a folder ``checkpoint_NNNNNN`` in the trial's folder, holding
+
+    state.pt    {"schema", "epoch", "model", "optimizer", "best", "history"}: tensors, dicts, lists,
+                strings and numbers only, so it loads with ``torch.load(weights_only=True)``, which
+                runs no code from the file. "best" is the epoch that ``eval.select`` picked:
+                {"epoch", "model", and that epoch's metrics}; "history" every epoch's metrics.
+    trial.json  {"schema", "epoch", "config", "metrics"}: the resolved trial config and the metrics
+                of the epoch, for readers that need no weights (and need not unpickle anything).
+
+Both files are written to a temporary name and renamed, so a reader never sees half a file.
+"""
+import glob
+import json
+import os
+import pickle
+import tempfile
+
+import torch
+
+SCHEMA = 1
+STATE = "state.pt"
+RECORD = "trial.json"
+PREFIX = "checkpoint_"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used: cut short, foreign, or of another schema."""
+
+
+def save(folder, epoch, state, config, metrics):
+    """Write a checkpoint of ``epoch`` into ``folder``: ``state`` (model, optimizer, best, history)
+    into state.pt, the config and this epoch's metrics into trial.json."""
+    _write(folder, STATE, lambda f: torch.save({"schema": SCHEMA, "epoch": epoch, **state}, f))
+    record = {"schema": SCHEMA, "epoch": epoch, "config": config, "metrics": metrics}
+    _write(folder, RECORD, lambda f: f.write(json.dumps(record, indent=1, default=str).encode()))
+
+
+def _write(folder, name, write):
+    with tempfile.NamedTemporaryFile(dir=folder, prefix=f".{name}.", delete=False) as f:
+        write(f)
+    os.replace(f.name, os.path.join(folder, name))
+
+
+def load_state(folder, map_location="cpu"):
+    """The training state in ``folder``; CheckpointError if it is not a readable one of this schema."""
+    path = os.path.join(folder, STATE)
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(f"{path} holds objects other than tensors, dicts, lists and numbers: "
+                              f"not a searchlab checkpoint of schema {SCHEMA} ({str(e).splitlines()[0]})") from e
+    except Exception as e:  # a file cut short by a kill, or missing
+        raise CheckpointError(f"{path} is unreadable ({type(e).__name__}: {e})") from e
+    _check_schema(path, state)
+    return state
+
+
+def read_record(folder):
+    """The config and metrics stored with the checkpoint in ``folder``."""
+    path = os.path.join(folder, RECORD)
+    try:
+        with open(path) as f:
+            record = json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path} is unreadable ({type(e).__name__}: {e})") from e
+    _check_schema(path, record)
+    return record
+
+
+def _check_schema(path, content):
+    found = content.get("schema") if isinstance(content, dict) else None
+    if found != SCHEMA:
+        what = "no schema version" if found is None else f"schema {found!r}"
+        raise CheckpointError(f"{path} has {what}, this searchlab reads schema {SCHEMA}: it was written "
+                              "by another program or another version of searchlab")
+
+
+def folders(trial_dir):
+    """The checkpoint folders of a trial, newest epoch first (by trial.json; unreadable ones left out)."""
+    found = []
+    for folder in glob.glob(os.path.join(trial_dir, f"{PREFIX}*", "")):
+        try:
+            found.append((read_record(folder)["epoch"], folder.rstrip(os.sep)))
+        except CheckpointError:
+            continue
+    return [folder for _, folder in sorted(found, reverse=True)]
+
+
+def newest(trial_dir):
+    """The trial's newest checkpoint folder, or None."""
+    found = folders(trial_dir)
+    return found[0] if found else None
+
+
+def newest_state(candidates):
+    """The newest loadable state among checkpoint folders ``candidates``, or None if there are none.
+
+    A newest checkpoint cut short by a kill is skipped for the one before it; when none loads, that
+    is an error, never a silent fresh start.
+    """
+    epochs, errors = {}, []
+    for folder in set(candidates):
+        try:
+            epochs[folder] = read_record(folder)["epoch"]
+        except CheckpointError as e:
+            errors.append(str(e))
+    for folder in sorted(epochs, key=epochs.get, reverse=True):
+        try:
+            return load_state(folder)
+        except CheckpointError as e:
+            errors.append(str(e))
+    if errors:
+        raise CheckpointError(f"cannot resume: every checkpoint is unreadable ({'; '.join(errors)})")
+    return None
