@@ -53,9 +53,20 @@ def np_gram_linear(X):
 
 
 def np_gram_rbf(X, frac=0.5):
+    """sigma = frac * the median distance between distinct examples (rbf_median="distinct_pairs")."""
     dist = np.sqrt(((X[:, None, :] - X[None, :, :]) ** 2).sum(-1))
     sigma = frac * np.median(dist[np.triu_indices(len(X), 1)])
     return np.exp(-dist**2 / (2 * sigma**2))
+
+
+def np_gram_rbf_kornblith(x, threshold=0.5):
+    """``gram_rbf`` of Kornblith et al.'s reference code (google-research/representation_similarity,
+    Demo.ipynb), line for line: the median is over all n^2 squared distances, zeros included."""
+    dot_products = x.dot(x.T)
+    sq_norms = np.diag(dot_products)
+    sq_distances = -2 * dot_products + sq_norms[:, None] + sq_norms[None, :]
+    sq_median_distance = np.median(sq_distances)
+    return np.exp(-sq_distances / (2 * threshold**2 * sq_median_distance))
 
 
 GRAMS = {"linear": gram_linear, "rbf": gram_rbf}
@@ -121,8 +132,40 @@ def test_matches_textbook_numpy(n):
         for unbiased in (False, True):
             assert cka(K, L, unbiased) == pytest.approx(np_cka(K, L, unbiased), rel=1e-10)
     np.testing.assert_allclose(gram_linear(X).numpy(), np_gram_linear(X), rtol=1e-12)
-    np.testing.assert_allclose(gram_rbf(X).numpy(), np_gram_rbf(X), rtol=1e-12)
-    np.testing.assert_allclose(gram_rbf(Y, sigma_frac=0.8).numpy(), np_gram_rbf(Y, 0.8), rtol=1e-12)
+    np.testing.assert_allclose(gram_rbf(X).numpy(), np_gram_rbf_kornblith(X), rtol=1e-12)
+    np.testing.assert_allclose(gram_rbf(Y, sigma_frac=0.8).numpy(), np_gram_rbf_kornblith(Y, 0.8), rtol=1e-12)
+    np.testing.assert_allclose(gram_rbf(X, rbf_median="distinct_pairs").numpy(), np_gram_rbf(X), rtol=1e-12)
+    np.testing.assert_allclose(gram_rbf(Y, sigma_frac=0.8, rbf_median="distinct_pairs").numpy(),
+                               np_gram_rbf(Y, 0.8), rtol=1e-12)
+
+
+def kornblith_demo_data():
+    """The data of Kornblith et al.'s Demo.ipynb (google-research/representation_similarity)."""
+    np.random.seed(1337)
+    X = np.random.randn(100, 10)
+    Y = np.random.randn(100, 10) + X
+    return X, Y
+
+
+def test_reference_notebook_values():
+    # The numbers printed by the reference notebook: linear CKA 0.55761, RBF CKA (threshold 0.5)
+    # 0.65483, debiased linear CKA 0.51346.
+    X, Y = kornblith_demo_data()
+    assert round(cka(gram_linear(X), gram_linear(Y)), 5) == 0.55761
+    assert round(cka(gram_rbf(X, 0.5), gram_rbf(Y, 0.5)), 5) == 0.65483
+    assert round(cka(gram_linear(X), gram_linear(Y), unbiased=True), 5) == 0.51346
+    want = np_cka(np_gram_rbf_kornblith(X), np_gram_rbf_kornblith(Y), unbiased=False)
+    assert cka(gram_rbf(X, 0.5), gram_rbf(Y, 0.5)) == pytest.approx(want, rel=1e-10)
+
+
+def test_rbf_median_over_distinct_pairs_is_still_available():
+    X, Y = kornblith_demo_data()
+    old = cka(gram_rbf(X, 0.5, rbf_median="distinct_pairs"), gram_rbf(Y, 0.5, rbf_median="distinct_pairs"))
+    assert old == pytest.approx(np_cka(np_gram_rbf(X), np_gram_rbf(Y), unbiased=False), rel=1e-10)
+    # Leaving out the zero self-distances raises sigma, which moves CKA in the 4th digit here.
+    assert abs(old - cka(gram_rbf(X, 0.5), gram_rbf(Y, 0.5))) > 5e-4
+    with pytest.raises(ValueError, match="valid: kornblith, distinct_pairs"):
+        gram_rbf(X, rbf_median="distinct")
 
 
 @pytest.mark.parametrize("unbiased", [False, True])
@@ -249,6 +292,19 @@ def test_capture_is_taken_before_an_inplace_relu():
     # Channels-last outputs are read in memory order for the gram; the gram must not change.
     x_cl = x.contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(grams(model, x_cl)[0], want @ want.T, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("n", [64, 65, 66])
+def test_grams_of_wide_batches_match_the_plain_product(n):
+    # Batches of 64 or more (even) take the blocked product that computes each symmetric block once.
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3)).double()
+    x = torch.randn(n, 3, 6, 6, dtype=torch.float64) + 0.5
+    with torch.no_grad():
+        want = model[0](x).flatten(1).numpy()
+    G = grams(model, x.contiguous(memory_format=torch.channels_last))[0]
+    # Absolute slack at rounding level of the largest entry, for entries that nearly cancel.
+    np.testing.assert_allclose(G.numpy(), want @ want.T, rtol=1e-12, atol=1e-13 * np.abs(want @ want.T).max())
 
 
 def test_capture_on_torchvision_resnet18_matches_each_conv_on_its_input():
@@ -412,7 +468,14 @@ def test_cka_matrix_rbf_kernel(cifar_val):
     loader = fixed_batches(cifar_val[:128])
     M, _, _ = cka_matrix(model_a, model_b, loader, kernel="rbf")
     assert M.shape == (3, 3)
-    assert M[2, 1] == pytest.approx(np_minibatch_cka(model_a, model_b, loader, 2, 1, gram=np_gram_rbf), rel=1e-6)
+    assert M[2, 1] == pytest.approx(
+        np_minibatch_cka(model_a, model_b, loader, 2, 1, gram=np_gram_rbf_kornblith), rel=1e-6)
     B, _, _ = cka_matrix(model_a, model_b, loader, unbiased=False, kernel="rbf")
+    assert B[2, 1] == pytest.approx(
+        np_minibatch_cka(model_a, model_b, loader, 2, 1, unbiased=False, gram=np_gram_rbf_kornblith), rel=1e-6)
+    # The other bandwidth convention, passed through explicitly.
+    M, _, _ = cka_matrix(model_a, model_b, loader, kernel="rbf", rbf_median="distinct_pairs")
+    assert M[2, 1] == pytest.approx(np_minibatch_cka(model_a, model_b, loader, 2, 1, gram=np_gram_rbf), rel=1e-6)
+    B, _, _ = cka_matrix(model_a, model_b, loader, unbiased=False, kernel="rbf", rbf_median="distinct_pairs")
     assert B[2, 1] == pytest.approx(
         np_minibatch_cka(model_a, model_b, loader, 2, 1, unbiased=False, gram=np_gram_rbf), rel=1e-6)

@@ -36,6 +36,8 @@ import torch.nn as nn
 from searchlab.models import conv_layers, forward_with_hooks
 
 KERNELS = ("linear", "rbf")
+# How the RBF bandwidth is set from the data; see gram_rbf.
+RBF_MEDIANS = ("kornblith", "distinct_pairs")
 
 
 # --- kernels --------------------------------------------------------------------
@@ -52,32 +54,71 @@ def gram_linear(X) -> torch.Tensor:
     return X @ X.T
 
 
-def gram_rbf(X, sigma_frac: float = 0.5) -> torch.Tensor:
-    """RBF kernel exp(-|x_i - x_j|^2 / (2 sigma^2)) with sigma = sigma_frac * median pairwise distance.
+def gram_rbf(X, sigma_frac: float = 0.5, rbf_median: str = "kornblith") -> torch.Tensor:
+    """RBF kernel exp(-|x_i - x_j|^2 / (2 sigma^2)), sigma set from the median distance.
 
     As in Kornblith et al. (2019), sigma scales with the data, which keeps CKA invariant to isotropic
-    scaling. The median is over distinct pairs i < j ("the median distance between examples");
-    Kornblith et al.'s code also counts the n zero self-distances, which lowers sigma slightly for small n.
+    scaling. ``sigma_frac`` is their ``threshold``. Two conventions for the median:
+
+    - ``"kornblith"`` (default): sigma^2 = sigma_frac^2 * the median of all n^2 squared distances,
+      the n zero self-distances included, as in Kornblith et al.'s reference code (``gram_rbf`` in
+      google-research/representation_similarity). Published RBF-CKA numbers come from that code:
+      their demo data gives 0.65483.
+    - ``"distinct_pairs"``: sigma = sigma_frac * the median of the n(n-1)/2 distances between
+      distinct examples, the paper's wording ("the median distance between examples"). The zeros
+      are left out, so sigma is slightly larger for small n; the same demo gives 0.65401.
     """
-    return _rbf_from_linear(gram_linear(X), sigma_frac)
+    return _rbf_from_linear(gram_linear(X), sigma_frac, rbf_median)
 
 
-def _rbf_from_linear(G: torch.Tensor, sigma_frac: float) -> torch.Tensor:
+def _rbf_from_linear(G: torch.Tensor, sigma_frac: float, rbf_median: str) -> torch.Tensor:
     if len(G) < 2:
         raise ValueError(f"the RBF kernel's median distance needs at least 2 examples, got {len(G)}")
     # Squared distances from the linear gram, so that minibatch code only ever needs (n, n) matrices.
     sq_norms = G.diagonal()
     # Rounding can make a zero distance slightly negative; exp of it would exceed 1.
     sq_dist = (sq_norms[:, None] + sq_norms[None, :] - 2 * G).clamp_min(0)
-    i, j = torch.triu_indices(len(G), len(G), offset=1, device=G.device)
-    dist = sq_dist[i, j].sqrt().sort().values
-    # The mean of the two middle values for an even count, like np.median (torch.median takes the lower).
-    k = len(dist)
-    sigma = sigma_frac * (dist[(k - 1) // 2] + dist[k // 2]) / 2
-    return torch.exp(-sq_dist / (2 * sigma**2))
+    if rbf_median == "kornblith":
+        # np.median of the full matrix: the mean of the two middle values for an even count
+        # (torch.median would take the lower one).
+        values = sq_dist.flatten().sort().values
+        k = len(values)
+        sigma_sq = sigma_frac**2 * (values[(k - 1) // 2] + values[k // 2]) / 2
+    elif rbf_median == "distinct_pairs":
+        i, j = torch.triu_indices(len(G), len(G), offset=1, device=G.device)
+        dist = sq_dist[i, j].sqrt().sort().values
+        k = len(dist)
+        sigma_sq = (sigma_frac * (dist[(k - 1) // 2] + dist[k // 2]) / 2) ** 2
+    else:
+        raise ValueError(f"unknown rbf_median {rbf_median!r}; valid: {', '.join(RBF_MEDIANS)}")
+    return torch.exp(-sq_dist / (2 * sigma_sq))
 
 
-def _gram(output: torch.Tensor, kernel: str, sigma_frac: float) -> torch.Tensor:
+def _self_gram(X: torch.Tensor) -> torch.Tensor:
+    """X X^T for features X (n, p), in X's precision, computing the symmetric product only once.
+
+    torch offers no syrk, and X @ X.T costs a full general product. With X split into two row
+    halves, one batched product gives both diagonal blocks and one product the off-diagonal block,
+    which is mirrored: 3/4 of the multiply-adds.
+    """
+    n = X.shape[0]
+    if n % 2 or n < 64:  # odd, or too small for the split to pay
+        return X @ X.T
+    h = n // 2
+    halves = X.reshape(2, h, -1)  # a view for contiguous X
+    G = X.new_empty(n, n)
+    blocks = G.view(2, h, 2, h)
+    diagonal = torch.bmm(halves, halves.transpose(1, 2))
+    blocks[0, :, 0] = diagonal[0]
+    blocks[1, :, 1] = diagonal[1]
+    off = halves[0] @ halves[1].T
+    blocks[0, :, 1] = off
+    blocks[1, :, 0] = off.T
+    return G
+
+
+def _gram(output: torch.Tensor, kernel: str, sigma_frac: float, rbf_median: str) -> torch.Tensor:
+    """A layer's gram from its output, float32 for a float32 network's linear kernel, else float64."""
     # A gram does not depend on the order of the features, so a channels-last output (what
     # searchlab.data.normalize feeds the models) is read in memory order, a view, instead of being
     # copied into (C, H, W) order first.
@@ -86,14 +127,15 @@ def _gram(output: torch.Tensor, kernel: str, sigma_frac: float) -> torch.Tensor:
     # The gram is formed in the features' own precision (float32 from a network: as fast as the
     # forward pass, where float64 would be 2-3x slower) and everything after it, the HSIC terms and
     # their sums over batches, in float64; this moves CKA by about 1e-8.
-    X = output.reshape(output.shape[0], -1)
-    G = (X @ X.T).to(torch.float64)
-    return G if kernel == "linear" else _rbf_from_linear(G, sigma_frac)
+    G = _self_gram(output.reshape(output.shape[0], -1))
+    return G if kernel == "linear" else _rbf_from_linear(G.to(torch.float64), sigma_frac, rbf_median)
 
 
-def _check_kernel(kernel: str) -> None:
+def _check_kernel(kernel: str, rbf_median: str = "kornblith") -> None:
     if kernel not in KERNELS:
         raise ValueError(f"unknown kernel {kernel!r}; valid kernels: {', '.join(KERNELS)}")
+    if rbf_median not in RBF_MEDIANS:
+        raise ValueError(f"unknown rbf_median {rbf_median!r}; valid: {', '.join(RBF_MEDIANS)}")
 
 
 # --- HSIC and CKA -----------------------------------------------------------------
@@ -103,25 +145,33 @@ def _check_kernel(kernel: str) -> None:
 
 
 def _centre(K: torch.Tensor) -> torch.Tensor:
-    """H K H with H = I - 11^T/n, for one gram (n, n) or a stack (..., n, n)."""
-    return (K - K.mean(-1, keepdim=True) - K.mean(-2, keepdim=True)
-            + K.mean((-2, -1), keepdim=True))
+    """H K H with H = I - 11^T/n, for one gram (n, n) or a stack (..., n, n), as a new float64 tensor."""
+    # (H K H)_ij = K_ij - (row mean_i - mean/2) - (column mean_j - mean/2); in place on one copy,
+    # since the stacks of the minibatch code are large (31 x 256 x 256 float64 = 16 MB).
+    K = K.to(torch.float64, copy=True)
+    half_mean = K.mean((-2, -1), keepdim=True) / 2
+    rows = K.mean(-1, keepdim=True) - half_mean
+    cols = K.mean(-2, keepdim=True) - half_mean
+    return K.sub_(rows).sub_(cols)
 
 
 def _u_centre(K: torch.Tensor) -> torch.Tensor:
-    """U-centring (Szekely & Rizzo 2014) of a gram (n, n) or a stack (..., n, n).
+    """U-centring (Szekely & Rizzo 2014) of a symmetric gram (n, n) or a stack (..., n, n), as a new
+    float64 tensor.
 
     With K~ the gram with a zero diagonal, U_ij = K~_ij - r_i/(n-2) - r_j/(n-2) + s/((n-1)(n-2))
     for i != j (r: row sums of K~, s: its total) and U_ii = 0. Then <U(K), U(L)> / (n(n-3)) is
     exactly the unbiased HSIC estimator of Song et al. (2012).
     """
     n = K.shape[-1]
-    K = K.clone()
+    K = K.to(torch.float64, copy=True)  # worked on in place, as in _centre
     K.diagonal(dim1=-2, dim2=-1).zero_()
     rows = K.sum(-1, keepdim=True)
-    U = K - rows / (n - 2) - rows.transpose(-2, -1) / (n - 2) + rows.sum(-2, keepdim=True) / ((n - 1) * (n - 2))
-    U.diagonal(dim1=-2, dim2=-1).zero_()
-    return U
+    # U_ij = K~_ij - a_i - a_j with a_i = r_i/(n-2) - s/(2(n-1)(n-2)).
+    a = rows / (n - 2) - rows.sum(-2, keepdim=True) / (2 * (n - 1) * (n - 2))
+    K.sub_(a).sub_(a.transpose(-2, -1))
+    K.diagonal(dim1=-2, dim2=-1).zero_()
+    return K
 
 
 def _transform(K: torch.Tensor, unbiased: bool) -> tuple[torch.Tensor, float]:
@@ -173,7 +223,8 @@ class MinibatchCKA:
     """Sums of per-batch HSIC terms for every pair of layers (Nguyen et al. 2021).
 
     ``update`` takes the stacked grams (La, b, b) of model A and (Lb, b, b) of model B on the *same*
-    b images (``grams_b=None``: B is A); ``cka()`` returns the (La, Lb) matrix
+    b images (``grams_b=None``: B is A), in any float precision (they are converted to float64 and
+    not modified); ``cka()`` returns the (La, Lb) matrix
     sum_b HSIC(K_i, L_j) / sqrt(sum_b HSIC(K_i, K_i) * sum_b HSIC(L_j, L_j)).
     """
 
@@ -188,17 +239,17 @@ class MinibatchCKA:
         if grams_b is not None and grams_a.shape[-1] != grams_b.shape[-1]:
             raise ValueError(f"grams of model A and B must come from the same images, got batches of "
                              f"{grams_a.shape[-1]} and {grams_b.shape[-1]}")
-        ta, c = _transform(_float64(grams_a), self.unbiased)
+        ta, c = _transform(torch.as_tensor(grams_a), self.unbiased)
         ta = ta.flatten(1)
-        tb = ta if grams_b is None else _transform(_float64(grams_b), self.unbiased)[0].flatten(1)
+        tb = ta if grams_b is None else _transform(torch.as_tensor(grams_b), self.unbiased)[0].flatten(1)
         # One matrix product gives all La x Lb inner products <T(K_i), T(L_j)>.
         cross = ta @ tb.T / c
         if grams_b is None:
             # The diagonal of the same product, so that self-CKA is 1 up to the last bit.
             self_a = self_b = cross.diagonal()
         else:
-            self_a = ta.square().sum(1) / c
-            self_b = tb.square().sum(1) / c
+            self_a = torch.linalg.vecdot(ta, ta) / c  # no (L, b*b) temporary, unlike square().sum()
+            self_b = torch.linalg.vecdot(tb, tb) / c
         if self.cross is None:
             self.cross, self.self_a, self.self_b = cross, self_a.clone(), self_b.clone()
         else:
@@ -262,11 +313,20 @@ def capture(model: nn.Module, x: torch.Tensor, layers: Layers | None = None) -> 
 
 
 def grams(model: nn.Module, x: torch.Tensor, layers: Layers | None = None, kernel: str = "linear",
-          sigma_frac: float = 0.5) -> torch.Tensor:
-    """Stacked float64 grams (L, n, n) of each layer's output on x; same rules as ``capture``."""
-    _check_kernel(kernel)
-    return torch.stack(_run_hooked(model, x, _named(model, layers),
-                                   lambda out: _gram(out, kernel, sigma_frac)))
+          sigma_frac: float = 0.5, rbf_median: str = "kornblith") -> torch.Tensor:
+    """Stacked float64 grams (L, n, n) of each layer's output on x; same rules as ``capture``.
+
+    ``sigma_frac`` and ``rbf_median`` set the RBF kernel's bandwidth, as in ``gram_rbf``.
+    """
+    _check_kernel(kernel, rbf_median)
+    return _grams(model, x, _named(model, layers), kernel, sigma_frac, rbf_median).to(torch.float64)
+
+
+def _grams(model, x, layers, kernel, sigma_frac, rbf_median) -> torch.Tensor:
+    # Linear grams of a float32 network stay float32 here: MinibatchCKA.update converts the
+    # stack to float64 in the same pass as its one copy.
+    return torch.stack(_run_hooked(model, x, layers,
+                                   lambda out: _gram(out, kernel, sigma_frac, rbf_median)))
 
 
 def layer_depths(n: int) -> np.ndarray:
@@ -280,8 +340,8 @@ def layer_depths(n: int) -> np.ndarray:
 
 
 def cka_matrix(model_a: nn.Module, model_b: nn.Module, loader: Iterable, unbiased: bool = True,
-               kernel: str = "linear", device: str | torch.device = "cpu",
-               ) -> tuple[np.ndarray, list[str], list[str]]:
+               kernel: str = "linear", device: str | torch.device = "cpu", sigma_frac: float = 0.5,
+               rbf_median: str = "kornblith") -> tuple[np.ndarray, list[str], list[str]]:
     """Minibatch CKA between every conv layer of model_a (rows) and of model_b (columns).
 
     ``loader`` yields (x, y) batches (or bare x) of already-normalised float images in a fixed order;
@@ -289,11 +349,12 @@ def cka_matrix(model_a: nn.Module, model_b: nn.Module, loader: Iterable, unbiase
     shuffling loader iterated once per model would compare different images). Models must already
     be on ``device``. ``model_b`` may be ``model_a`` (self-CKA): each batch then runs once.
     Unbiased HSIC (the default) needs every batch, including the last, to hold at least 4 images.
-    With ``kernel="rbf"`` each batch sets its own sigma from its median distance.
+    With ``kernel="rbf"`` each batch sets its own sigma from its median distance (``sigma_frac``
+    and ``rbf_median`` as in ``gram_rbf``).
 
     Returns the (La, Lb) CKA matrix and the layer names of each model, in depth order.
     """
-    _check_kernel(kernel)
+    _check_kernel(kernel, rbf_median)
     same = model_b is model_a
     layers_a = conv_layers(model_a)
     layers_b = layers_a if same else conv_layers(model_b)
@@ -301,8 +362,8 @@ def cka_matrix(model_a: nn.Module, model_b: nn.Module, loader: Iterable, unbiase
     for batch in loader:
         x = batch[0] if isinstance(batch, (tuple, list)) else batch
         x = x.to(device)
-        grams_a = grams(model_a, x, layers_a, kernel)
-        acc.update(grams_a, None if same else grams(model_b, x, layers_b, kernel))
+        grams_a = _grams(model_a, x, layers_a, kernel, sigma_frac, rbf_median)
+        acc.update(grams_a, None if same else _grams(model_b, x, layers_b, kernel, sigma_frac, rbf_median))
     if acc.batches == 0:
         raise ValueError("the loader yielded no batches")
     return acc.cka(), [name for name, _ in layers_a], [name for name, _ in layers_b]
