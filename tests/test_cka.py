@@ -294,9 +294,10 @@ def test_capture_is_taken_before_an_inplace_relu():
     torch.testing.assert_close(grams(model, x_cl)[0], want @ want.T, rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("n", [64, 65, 66])
-def test_grams_of_wide_batches_match_the_plain_product(n):
-    # Batches of 64 or more (even) take the blocked product that computes each symmetric block once.
+@pytest.mark.parametrize("n", [128, 131, 200, 256])
+def test_grams_of_large_batches_match_the_plain_product(n):
+    # Even batches of 128 or more take the blocked product that computes each symmetric block once
+    # (one level of blocks for 128 and 200, two for 256); odd ones the plain product.
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 4, 3)).double()
     x = torch.randn(n, 3, 6, 6, dtype=torch.float64) + 0.5

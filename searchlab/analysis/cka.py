@@ -95,25 +95,25 @@ def _rbf_from_linear(G: torch.Tensor, sigma_frac: float, rbf_median: str) -> tor
 
 
 def _self_gram(X: torch.Tensor) -> torch.Tensor:
-    """X X^T for features X (n, p), in X's precision, computing the symmetric product only once.
+    """X X^T for features X (n, p), in X's precision, computing each symmetric block once.
 
-    torch offers no syrk, and X @ X.T costs a full general product. With X split into two row
-    halves, one batched product gives both diagonal blocks and one product the off-diagonal block,
-    which is mirrored: 3/4 of the multiply-adds.
+    torch has no syrk, and X @ X.T costs a full product although half of it mirrors the other
+    half. Here the right half of the columns comes from one product X @ X[h:].T (h = n/2: half
+    the multiply-adds, at full speed), the top-left block X[:h] X[:h]^T is split the same way
+    while it has 128 rows or more, and the blocks left of the diagonal are mirrored: 11/16 of the
+    multiply-adds for n = 256. The smaller products run below full speed, so this takes about
+    0.75x the time of X @ X.T (measured at n = 256, p = 4096..16384).
     """
     n = X.shape[0]
-    if n % 2 or n < 64:  # odd, or too small for the split to pay
-        return X @ X.T
-    h = n // 2
-    halves = X.reshape(2, h, -1)  # a view for contiguous X
     G = X.new_empty(n, n)
-    blocks = G.view(2, h, 2, h)
-    diagonal = torch.bmm(halves, halves.transpose(1, 2))
-    blocks[0, :, 0] = diagonal[0]
-    blocks[1, :, 1] = diagonal[1]
-    off = halves[0] @ halves[1].T
-    blocks[0, :, 1] = off
-    blocks[1, :, 0] = off.T
+    m = n
+    while m >= 128 and m % 2 == 0:
+        h = m // 2
+        right = X[:m] @ X[h:m].T  # G[:m, h:m]
+        G[:m, h:m] = right
+        G[h:m, :h] = right[:h].T
+        m = h
+    G[:m, :m] = X[:m] @ X[:m].T
     return G
 
 

@@ -14,12 +14,21 @@ What it measures
     contiguous NCHW batches). torch-cka gets its own deep copies of the two models, because it
     leaves its forward hooks registered for good.
 
-    Both are timed end to end, forward passes included. torch-cka runs once (it takes minutes);
-    searchlab is the median of three runs, two before torch-cka's and one after, so that load from
-    other processes on a shared machine during the long run shows in searchlab's spread too. The
-    forward passes alone (both models, eval mode, no_grad, same batches as searchlab's) are timed
-    before each searchlab run, for reference: they are the part of either time that no CKA code
-    can remove. The report ends its timings with the 1-minute load average before and after.
+    Both are timed end to end, forward passes included, interleaved with each other and with the
+    forward passes alone (``timing.interleave``: torch-cka, searchlab, forward, torch-cka, ...),
+    ``--pairs`` rounds (default 3: torch-cka takes a minute or more per run). The forward passes
+    alone run exactly as cka_matrix runs them (both models per batch, eval mode, the same grad
+    mode, the same channels-last batches, one after the other), without hooks or grams: they are
+    the part of either time that no CKA code can remove. The report gives the median of the
+    per-round ratios torch-cka / searchlab and searchlab / forward with their spread, the 1-minute
+    load average, and flags a run measured under load as NOT CONCLUSIVE (threshold in timing.py).
+    A warmup round runs searchlab and the forward passes once first; torch-cka, too slow to run
+    for nothing, is not warmed up (its first call pays oneDNN's setup, well under 1% of it).
+
+    What bounds searchlab's time: per batch and model, the forward pass and one gram per conv
+    layer. The report counts both in multiply-adds: the grams' symmetric halves over the forward
+    pass's convolutions is the ratio searchlab / forward that even a perfect symmetric product
+    (BLAS syrk) would leave at equal arithmetic rates.
 
 How torch-cka 0.21 differs (read from its source)
     - It computes the same estimator: with zeroed gram diagonals, tr(KL) + 1'K1 1'L1/((n-1)(n-2))
@@ -41,42 +50,51 @@ How torch-cka 0.21 differs (read from its source)
 How to run
     pip install torch-cka    # into the benchmark's environment only; not a searchlab dependency
     SEARCHLAB_DATA=/path/to/data python tests/bench/bench_cka.py
-    SEARCHLAB_DATA=/path/to/data python tests/bench/bench_cka.py --images 512
+    SEARCHLAB_DATA=/path/to/data python tests/bench/bench_cka.py --pairs 5
+    SEARCHLAB_DATA=/path/to/data python tests/bench/bench_cka.py --no-torch-cka --pairs 9
 
     ``$SEARCHLAB_DATA/cifar10/{train,test}_{x,y}.npy`` must exist (``searchlab data prepare
-    cifar10``). Without torch-cka installed the script reports searchlab's time alone and says how
-    to install it. It reports and exits 0; it asserts nothing. It is not collected by pytest.
+    cifar10``). Without torch-cka installed (or with ``--no-torch-cka``) it times searchlab
+    against the forward passes only. It reports and exits 0; it asserts nothing. It is not
+    collected by pytest. Wait a minute or two after other heavy work (or a previous run) before
+    starting it: the load average decays slowly and a high one flags the run as not conclusive.
 
-Target
-    torch-cka time / searchlab time >= 10.
+Targets (on a quiet machine)
+    torch-cka time / searchlab time >= 10;
+    searchlab time / forward passes alone <= 1.4.
 """
 import argparse
 import copy
 import functools
-import os
-import statistics
-import time
 
 import numpy as np
 import torch
+import torch.nn as nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from searchlab.analysis.cka import cka_matrix, grams
 from searchlab.data import Split, batches, load_dataset, normalize
 from searchlab.models import build_model, conv_layers
+from timing import interleave
 
-TARGET = 10.0
-SEARCHLAB_REPEATS = 3
+TARGET = 10.0  # torch-cka time / searchlab time
+FORWARD_GOAL = 1.4  # searchlab time / forward passes alone
 MODEL_TITLES = {"resnet20": "ResNet-20", "resnet32": "ResNet-32", "resnet56": "ResNet-56"}
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(
         description="All-pairs conv-layer CKA of two networks: searchlab's cka_matrix against "
-                    f"torch-cka (target: torch-cka time / searchlab time >= {TARGET:.0f}).")
+                    f"torch-cka (target: torch-cka time / searchlab time >= {TARGET:.0f}) and against "
+                    f"the forward passes alone (goal: <= {FORWARD_GOAL}x).")
     parser.add_argument("--images", type=int, default=2048,
                         help="CIFAR-10 validation images (default: %(default)s)")
     parser.add_argument("--batch-size", type=int, default=256, help="default: %(default)s")
+    parser.add_argument("--pairs", type=int, default=3,
+                        help="interleaved rounds (torch-cka, searchlab, forward passes) "
+                             "(default: %(default)s)")
+    parser.add_argument("--no-torch-cka", action="store_true",
+                        help="time searchlab against the forward passes only (minutes faster)")
     parser.add_argument("--threads", type=int, default=2,
                         help="torch intra-op threads (default: %(default)s)")
     parser.add_argument("--model", default="resnet32", help="default: %(default)s")
@@ -86,20 +104,14 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     if args.batch_size < 4:
         parser.error("--batch-size must be >= 4 (unbiased HSIC needs 4 images per batch)")
-    if args.images < args.batch_size or args.threads < 1:
-        parser.error("--images must be >= --batch-size and --threads >= 1")
+    if args.images < args.batch_size or args.threads < 1 or args.pairs < 1:
+        parser.error("--images must be >= --batch-size, --threads and --pairs >= 1")
     return args
 
 
-def timed(fn):
-    """(seconds, result) of ``fn()``; CPU only, so there is no queue to drain."""
-    began = time.perf_counter()
-    result = fn()
-    return time.perf_counter() - began, result
-
-
 def forward_only(models, loader):
-    """Both models over every batch, as cka_matrix runs them but without hooks or grams."""
+    """Both models over every batch as cka_matrix runs them (searchlab.models.forward_with_hooks:
+    eval mode, no_grad, model A then model B per batch), without hooks or grams."""
     modes = [m.training for m in models]
     try:
         with torch.no_grad():
@@ -111,6 +123,25 @@ def forward_only(models, loader):
     finally:
         for model, mode in zip(models, modes):
             model.train(mode)
+
+
+def multiply_adds(model, x):
+    """(multiply-adds of the model's convolutions, features per conv output) for one batch x."""
+    convs, features = [], []
+
+    def count(module, args, output):
+        per_output = module.in_channels // module.groups * module.kernel_size[0] * module.kernel_size[1]
+        convs.append(output.numel() * per_output)
+        features.append(output[0].numel())
+
+    handles = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, nn.Conv2d)]
+    try:
+        with torch.no_grad():
+            model.eval()(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return sum(convs), features
 
 
 def float64_reference(model_a, model_b, loader):
@@ -158,74 +189,69 @@ def main(argv=None):
         return build_model(args.model, data.num_classes, in_channels=val.x.shape[1])
 
     model_a, model_b = seeded_model(args.seed), seeded_model(args.seed + 1)
-    # Copies made before anything touches the models, so torch-cka's permanent hooks stay off
-    # the pair searchlab is timed on.
-    ref_a, ref_b = copy.deepcopy(model_a), copy.deepcopy(model_b)
     names_a = [name for name, _ in conv_layers(model_a)]
     names_b = [name for name, _ in conv_layers(model_b)]
 
-    fwd_times, sl_times = [], []
+    torch_cka = None
+    if not args.no_torch_cka:
+        try:
+            import torch_cka
+        except ImportError:
+            print("torch-cka not installed: `pip install torch-cka` into this environment (not a "
+                  "searchlab dependency) to compare against it; timing searchlab against the "
+                  "forward passes only")
 
-    def searchlab_round():
-        fwd_times.append(timed(lambda: forward_only([model_a, model_b], loader))[0])
-        seconds, (matrix, _, _) = timed(lambda: cka_matrix(model_a, model_b, loader, unbiased=True))
-        sl_times.append(seconds)
-        return matrix
+    runs = {}
+    if torch_cka is not None:
+        # Same images, same order, as a plain unshuffled DataLoader over the normalised tensor.
+        x_all = torch.cat([x for x, _ in loader])
+        y_all = torch.cat([y for _, y in loader])
+        ref_loader = DataLoader(TensorDataset(x_all, y_all), batch_size=args.batch_size, shuffle=False)
+        # Its progress bar would only clutter the report; tqdm is still what it iterates through.
+        torch_cka.cka.tqdm = functools.partial(torch_cka.cka.tqdm, disable=True)
 
-    def header():
-        print(f"{title} x 2 (seeds {args.seed}, {args.seed + 1}, random init), "
-              f"{len(names_a)} x {len(names_b)} conv layers, CIFAR-10 val, {n} images, "
-              f"batch {args.batch_size}, {args.threads} threads, cpu")
-        fwd_time = statistics.median(fwd_times)
-        print(f"forward passes alone   {fwd_time:8.2f} s   (both models, median of {len(fwd_times)})")
-        print(f"searchlab cka_matrix   {statistics.median(sl_times):8.2f} s   (median of "
-              f"{len(sl_times)}: {min(sl_times):.2f}..{max(sl_times):.2f})")
+        def run_torch_cka():
+            # Fresh copies each run: torch-cka never removes its hooks, so a second CKA object on
+            # the same models would add a second set (and keep them off the pair searchlab uses).
+            cka = torch_cka.CKA(copy.deepcopy(model_a), copy.deepcopy(model_b),
+                                model1_name=f"{title} A", model2_name=f"{title} B",
+                                model1_layers=names_a, model2_layers=names_b, device="cpu")
+            cka.compare(ref_loader, ref_loader)
+            return cka.export()
 
-    # One warmup pass so that neither timing pays for oneDNN's first-call setup.
-    forward_only([model_a, model_b], loader[:1])
-    load_before = os.getloadavg()[0]
-    try:
-        import torch_cka
-    except ImportError:
-        for _ in range(SEARCHLAB_REPEATS):
-            searchlab_round()
-        header()
-        print("torch-cka            not installed: `pip install torch-cka` into this environment "
-              "(not a searchlab dependency) to compare against it")
+        runs["torch-cka"] = run_torch_cka
+    runs["searchlab"] = lambda: cka_matrix(model_a, model_b, loader, unbiased=True)[0]
+    runs["forward"] = lambda: forward_only([model_a, model_b], loader)
+    timings = interleave(runs, args.pairs, warmup=("searchlab", "forward"))
+
+    # --- report ---------------------------------------------------------------------------------
+    print(f"{title} x 2 (seeds {args.seed}, {args.seed + 1}, random init), "
+          f"{len(names_a)} x {len(names_b)} conv layers, CIFAR-10 val, {n} images, "
+          f"batch {args.batch_size}, {args.threads} threads, cpu")
+    print(f"{'forward passes alone':26}{timings.median('forward'):8.2f} s   (median of {timings.rounds})")
+    print(f"{'searchlab cka_matrix':26}{timings.median('searchlab'):8.2f} s")
+    if torch_cka is not None:
+        print(f"{'torch-cka ' + torch_cka.__version__:26}{timings.median('torch-cka'):8.2f} s")
+        ratio = timings.ratio("torch-cka", "searchlab")
+        print(timings.ratio_line("torch-cka", "searchlab", f"{'torch-cka / searchlab':25}")
+              + f"   target >= {TARGET:.0f}x: {'meets' if ratio >= TARGET else 'below'}")
+    ratio = timings.ratio("searchlab", "forward")
+    print(timings.ratio_line("searchlab", "forward", f"{'searchlab / forward':25}")
+          + f"   goal <= {FORWARD_GOAL}x: {'meets' if ratio <= FORWARD_GOAL else 'above'}")
+    forward_macs, features = multiply_adds(model_a, loader[0][0])
+    b = args.batch_size
+    full, half = b * b * sum(features), b * (b + 1) // 2 * sum(features)
+    print(f"multiply-adds per batch and model: convolutions {forward_macs / 1e9:.1f} G, grams "
+          f"{full / 1e9:.1f} G as full products, {half / 1e9:.1f} G for their symmetric halves: "
+          f"searchlab / forward >= {1 + half / forward_macs:.2f}x at equal rates")
+    for line in timings.load_lines():
+        print(line)
+
+    if torch_cka is None:
         return
-
-    # Same images, same order, as a plain unshuffled DataLoader over the normalised tensor.
-    x_all = torch.cat([x for x, _ in loader])
-    y_all = torch.cat([y for _, y in loader])
-    ref_loader = DataLoader(TensorDataset(x_all, y_all), batch_size=args.batch_size, shuffle=False)
-    # Its progress bar would only clutter the report; tqdm is still what it iterates through.
-    torch_cka.cka.tqdm = functools.partial(torch_cka.cka.tqdm, disable=True)
-
-    def run_torch_cka():
-        cka = torch_cka.CKA(ref_a, ref_b, model1_name=f"{title} A", model2_name=f"{title} B",
-                            model1_layers=names_a, model2_layers=names_b, device="cpu")
-        cka.compare(ref_loader, ref_loader)
-        return cka.export()
-
-    # searchlab's runs go either side of torch-cka's one run, so that a burst of load from
-    # other processes during it shows up in searchlab's spread too.
-    for _ in range(SEARCHLAB_REPEATS - 1):
-        searchlab_round()
-    tc_time, exported = timed(run_torch_cka)
-    sl_matrix = searchlab_round()
-    sl_time = statistics.median(sl_times)
-    load_after = os.getloadavg()[0]
-    header()
+    sl_matrix = timings.results["searchlab"]
+    exported = timings.results["torch-cka"]
     tc_matrix = exported["CKA"].detach().double().numpy()
-    ratio = tc_time / sl_time
-    verdict = "meets" if ratio >= TARGET else "below"
-    print(f"torch-cka {torch_cka.__version__:<12} {tc_time:8.2f} s   (once)")
-    print(f"ratio torch-cka/searchlab {ratio:6.1f}x   (target >= {TARGET:.0f}x: {verdict})")
-    # The machine is shared: the load average says how far the single torch-cka run can be trusted.
-    print(f"noise                  ratio against fastest searchlab run {tc_time / min(sl_times):.1f}x, "
-          f"1-min load average {load_before:.1f} before, {load_after:.1f} after "
-          f"({args.threads} threads used here)")
-
     diff = np.abs(tc_matrix - sl_matrix)
     i, j = np.unravel_index(np.nanargmax(diff), diff.shape)
     print(f"max |CKA difference|   {np.nanmax(diff):.3e}   at ({names_a[i]}, {names_b[j]}): "
