@@ -18,14 +18,17 @@ What it measures
     wholly inside the image, so ``Cutout`` below is written out: it clips a box around a uniformly
     random centre, as searchlab's cutout (and DeVries & Taylor's) does.
 
-    Each timing covers ``--batches`` batches; the loaders run interleaved (searchlab, PIL workers,
-    PIL single process, for (a) then (b)) after one warmup pass each, so noise on a shared machine
-    hits all alike; the report gives medians and the searchlab / PIL-workers ratio.
-
     Then the share of a training step: the time of one ResNet-20 step (batch 128, normalised
     channels-last float input, forward + cross_entropy + backward + SGD step with the trainable's
     optimiser settings) against the time of pipeline (b) on a 128-image batch, reported as
     augmentation / (augmentation + step).
+
+    Each timing covers ``--batches`` batches (``--steps`` for the step share). Everything runs in
+    ``--repeats`` interleaved rounds (``timing.interleave``: searchlab, PIL workers, PIL single
+    process for (a), the same for (b), training steps, augmentation; then again), after one
+    warmup pass each, so that noise on a shared machine hits all alike. The report gives the
+    median throughputs, the median of the per-round ratios with their spread, the 1-minute load
+    average, and flags a run measured under load as NOT CONCLUSIVE (threshold in timing.py).
 
 How to run
     python tests/bench/bench_augment.py
@@ -41,7 +44,6 @@ Target
 import argparse
 import os
 import random
-import statistics
 
 import numpy as np
 import torch
@@ -55,7 +57,7 @@ from searchlab.config import resolve
 from searchlab.data import channel_stats, normalize
 from searchlab.models import build_model
 from searchlab.train import make_optimizer
-from timing import timed
+from timing import interleave
 
 RATIO_TARGET = 5.0
 SHARE_TARGET = 0.15
@@ -78,7 +80,7 @@ def parse_args(argv=None):
     parser.add_argument("--batches", type=int, default=20,
                         help="batches per timing (default: %(default)s)")
     parser.add_argument("--repeats", type=int, default=3,
-                        help="timings of each loader, after one warmup each (default: %(default)s)")
+                        help="interleaved rounds, after one warmup each (default: %(default)s)")
     parser.add_argument("--threads", type=int, default=2,
                         help="torch intra-op threads of the main process (default: %(default)s)")
     parser.add_argument("--workers", type=int, default=2,
@@ -164,7 +166,6 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     random.seed(args.seed)
-    load_before = os.getloadavg()[0]
 
     n = args.batch_size * args.batches
     hwc = np.load(args.data, mmap_mode="r")
@@ -177,27 +178,19 @@ def main(argv=None):
     generator = torch.Generator(device).manual_seed(args.seed)
 
     # --- throughput: searchlab, PIL with workers, PIL in one process; (a) and (b) ---------------
-    rows = {}
+    runs = {}
     for key, specs, randaugment in (("a", BASIC, False), ("b", RANDAUGMENT, True)):
         pipeline = Pipeline(specs)
         dataset = PILImages(pil_images, labels, pil_transform(randaugment))
+        # Persistent workers wait idle on their queues between epochs (the other pipeline's, too);
+        # the warmup starts them, so their start-up is not timed.
         workers = DataLoader(dataset, batch_size=args.batch_size, shuffle=True,
                              num_workers=args.workers, persistent_workers=True)
         single = DataLoader(dataset, batch_size=args.batch_size, shuffle=True, num_workers=0)
-        runs = {
-            "searchlab": lambda: searchlab_pass(pipeline, x, args.batch_size, generator, device),
-            "workers": lambda: drain(workers),
-            "single": lambda: drain(single),
-        }
-        # The warmup pass also starts the persistent workers, so their start-up is not timed.
-        for run in runs.values():
-            timed(run, device)
-        times = {name: [] for name in runs}
-        for _ in range(args.repeats):
-            for name, run in runs.items():
-                times[name].append(timed(run, device))
-        del workers  # shuts its worker processes down before the next loader starts its own
-        rows[key] = times
+        runs[f"searchlab {key}"] = (lambda pipeline=pipeline:
+                                    searchlab_pass(pipeline, x, args.batch_size, generator, device))
+        runs[f"workers {key}"] = lambda workers=workers: drain(workers)
+        runs[f"single {key}"] = lambda single=single: drain(single)
 
     # --- share of a training step ---------------------------------------------------------------
     optim = resolve({"optim": {"batch_size": args.step_batch_size}})["optim"]
@@ -222,46 +215,40 @@ def main(argv=None):
             start = (i * bs) % (n - bs + 1)
             augment.images(x[start:start + bs], generator)
 
-    timed(train_steps, device)
-    timed(augment_batches, device)
-    step_times, aug_times = [], []
-    for _ in range(args.repeats):
-        step_times.append(timed(train_steps, device) / args.steps)
-        aug_times.append(timed(augment_batches, device) / args.steps)
+    runs["step"] = train_steps
+    runs["augmentation"] = augment_batches
+    timings = interleave(runs, args.repeats, device=device)
 
     # --- report ---------------------------------------------------------------------------------
-    def ips(times):
-        return n / statistics.median(times)
+    def ips(name):
+        return n / timings.median(name)
 
     # OpenMP's wait policy decides whether a thread idling between parallel regions spins or
     # sleeps; with other processes on the same cores it changes small-op timings many times over.
     print(f"CIFAR-10, {args.batch_size}-image batches x {args.batches}, {args.threads} threads, "
-          f"{args.repeats} repeats (median), {device}, "
-          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}, "
-          f"load average {load_before:.1f} -> {os.getloadavg()[0]:.1f}")
+          f"{args.repeats} interleaved rounds (median), {device}, "
+          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}")
     print(f"{'':25}{'searchlab':>13}   {f'PIL x{args.workers} workers':>16}   {'PIL 1 process':>13}   "
-          f"ratio (vs workers)")
+          f"ratio (vs workers; per round)")
     titles = {"a": "(a) flip+crop+cutout", "b": "(b) RandAugment+(a)"}
-    for key, times in rows.items():
-        ratio = ips(times["searchlab"]) / ips(times["workers"])
-        note = (f"   (target >= {RATIO_TARGET:g}x: {'meets' if ratio >= RATIO_TARGET else 'below'})"
+    for key, title in titles.items():
+        ratio = timings.ratio(f"workers {key}", f"searchlab {key}")
+        note = (f"   target >= {RATIO_TARGET:g}x: {'meets' if ratio >= RATIO_TARGET else 'below'}"
                 if key == "b" else "")
-        print(f"{titles[key]:25}{ips(times['searchlab']):7.0f} img/s   {ips(times['workers']):10.0f} img/s"
-              f"   {ips(times['single']):7.0f} img/s   {ratio:6.1f}x{note}")
-    step, aug = statistics.median(step_times), statistics.median(aug_times)
-    share = aug / (aug + step)
+        print(f"{title:25}{ips(f'searchlab {key}'):7.0f} img/s   {ips(f'workers {key}'):10.0f} img/s"
+              f"   {ips(f'single {key}'):7.0f} img/s   {ratio:6.1f}x "
+              f"({timings.spread(f'workers {key}', f'searchlab {key}')}){note}")
+    # augmentation / (augmentation + step) = r / (1 + r) with r = aug / step per round; it grows
+    # with r, so the share at the median ratio is the median share.
+    shares = [r / (1 + r) for r in timings.ratios("augmentation", "step")]
+    r = timings.ratio("augmentation", "step")
+    share = r / (1 + r)
+    step, aug = timings.median("step") / args.steps, timings.median("augmentation") / args.steps
     print(f"ResNet-20 step (batch {bs}): {1000 * step:.0f} ms; augmentation (b): {1000 * aug:.1f} ms "
-          f"= {100 * share:.1f}% of the step (target <= {100 * SHARE_TARGET:g}%: "
-          f"{'meets' if share <= SHARE_TARGET else 'above'})")
-    # How far apart the repeats are says how much the machine's noise can be trusted.
-    spread = ", ".join(
-        f"({key}) {min(pil / sl for pil, sl in zip(t['workers'], t['searchlab'])):.1f}.."
-        f"{max(pil / sl for pil, sl in zip(t['workers'], t['searchlab'])):.1f}x"
-        for key, t in rows.items())
-    print(f"noise: per-repeat ratios {spread}; step {1000 * min(step_times):.0f}.."
-          f"{1000 * max(step_times):.0f} ms, augmentation {1000 * min(aug_times):.1f}.."
-          f"{1000 * max(aug_times):.1f} ms")
-
+          f"= {100 * share:.1f}% of the step (per round {100 * min(shares):.1f}..{100 * max(shares):.1f}%; "
+          f"target <= {100 * SHARE_TARGET:g}%: {'meets' if share <= SHARE_TARGET else 'above'})")
+    for line in timings.load_lines():
+        print(line)
 
 if __name__ == "__main__":
     main()
