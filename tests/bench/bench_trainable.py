@@ -12,11 +12,13 @@ What it measures
     than the contiguous NCHW batches of the bare loop; so a second bare loop on channels-last
     input is timed too, and the ratio against it is the loop's own overhead.
 
-    The loops run interleaved (reference, searchlab, reference, searchlab, ...) after one
-    warmup epoch each, so that noise on a shared machine hits both alike; the report gives the
-    median of each and their ratio. The augmentation pipeline is also timed on its own, on exactly
-    the batches of the timed searchlab epochs (same generator stream), and reported as a share of
-    the searchlab step time.
+    The loops run in ``--repeats`` interleaved rounds (``timing.interleave``: bare, bare
+    channels-last, searchlab, augmentation alone; then again) after one warmup epoch each, so that
+    noise on a shared machine hits all alike. The report gives the median throughputs, the median
+    of the per-round ratios with their spread, the 1-minute load average, and flags a run measured
+    under load as NOT CONCLUSIVE (threshold in timing.py). The augmentation pipeline is timed on
+    its own on exactly the batches of the round's searchlab epoch (same generator stream), and
+    reported as a share of the searchlab step time.
 
 How to run
     SEARCHLAB_DATA=/path/to/data python tests/bench/bench_trainable.py
@@ -41,7 +43,7 @@ from searchlab.config import resolve
 from searchlab.data import batches, load_dataset, normalize
 from searchlab.models import build_model
 from searchlab.train import make_optimizer, train_epoch
-from timing import timed
+from timing import interleave, timed
 
 TARGET = 0.90
 MODEL_TITLES = {"resnet20": "ResNet-20", "resnet32": "ResNet-32", "resnet56": "ResNet-56"}
@@ -55,7 +57,8 @@ def parse_args(argv=None):
                         help="CIFAR-10 training images per epoch (default: %(default)s)")
     parser.add_argument("--batch-size", type=int, default=128, help="default: %(default)s")
     parser.add_argument("--repeats", type=int, default=3,
-                        help="timed epochs of each loop, after one warmup each (default: %(default)s)")
+                        help="interleaved rounds of timed epochs, after one warmup epoch each "
+                             "(default: %(default)s)")
     parser.add_argument("--threads", type=int, default=os.cpu_count(),
                         help="torch intra-op threads (default: os.cpu_count() = %(default)s)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
@@ -138,40 +141,48 @@ def main(argv=None):
         train_epoch(sl_model, data, sl_optimizer, optim, epoch, augment,
                     epoch_generator(device, args.seed, epoch))
 
-    # Warmup (epoch 0 of each), then interleaved timed epochs 1..repeats.
-    timed(run_reference, device)
-    timed(run_channels_last, device)
-    timed(lambda: run_searchlab(0), device)
-    augment_epoch(data, augment, bs, epoch_generator(device, args.seed, 0), device)
-    ref_times, cl_times, sl_times, aug_times = [], [], [], []
-    for epoch in range(1, args.repeats + 1):
-        ref_times.append(timed(run_reference, device))
-        cl_times.append(timed(run_channels_last, device))
-        sl_times.append(timed(lambda: run_searchlab(epoch), device))
-        aug_times.append(augment_epoch(data, augment, bs, epoch_generator(device, args.seed, epoch),
-                                       device))
+    # The warmup runs epoch 0 of each loop, the rounds epochs 1, 2, ...; the augmentation alone
+    # replays the epoch searchlab has just run and records its own time (augment calls only).
+    epoch = {"searchlab": 0}
+    aug_times = []
+
+    def searchlab_epoch():
+        run_searchlab(epoch["searchlab"])
+        epoch["searchlab"] += 1
+
+    def augmentation_epoch():
+        done = epoch["searchlab"] - 1
+        seconds = augment_epoch(data, augment, bs, epoch_generator(device, args.seed, done), device)
+        if done > 0:  # not the warmup
+            aug_times.append(seconds)
+
+    timings = interleave({"bare": run_reference, "channels-last": run_channels_last,
+                          "searchlab": searchlab_epoch, "augmentation": augmentation_epoch},
+                         args.repeats, device=device)
 
     n = len(data.train)
-    ref_time, cl_time, sl_time, aug_time = (statistics.median(t) for t in
-                                            (ref_times, cl_times, sl_times, aug_times))
+    ref_time, cl_time, sl_time = (timings.median(name) for name in ("bare", "channels-last", "searchlab"))
+    aug_time = statistics.median(aug_times)
     ref_ips, cl_ips, sl_ips = n / ref_time, n / cl_time, n / sl_time
-    ratio = sl_ips / ref_ips
-    pair_ratios = [r / s for r, s in zip(ref_times, sl_times)]
+    # Throughput ratio searchlab / bare = time ratio bare / searchlab, per round.
+    ratio = timings.ratio("bare", "searchlab")
     title = MODEL_TITLES.get(args.model, args.model)
     verdict = "meets" if ratio >= TARGET else "below"
-    print(f"{title}, CIFAR-10, batch {bs}, {n} images, {args.threads} threads, {args.repeats} repeats "
-          f"(median), {device}")
+    print(f"{title}, CIFAR-10, batch {bs}, {n} images, {args.threads} threads, {args.repeats} "
+          f"interleaved rounds (median), {device}")
     print(f"bare PyTorch loop      {ref_ips:7.1f} images/s   {1000 * ref_time / steps:7.1f} ms/step")
     print(f"bare, channels-last    {cl_ips:7.1f} images/s   {1000 * cl_time / steps:7.1f} ms/step")
     print(f"searchlab train_epoch  {sl_ips:7.1f} images/s   {1000 * sl_time / steps:7.1f} ms/step")
-    print(f"ratio                  {ratio:7.3f}   (target >= {TARGET:.2f}: {verdict})")
-    print(f"ratio, channels-last   {sl_ips / cl_ips:7.3f}   (the loop's own overhead)")
-    # How far apart the interleaved pairs are says how much the machine's noise can be trusted.
-    print(f"noise                  per-pair ratios {min(pair_ratios):.3f}..{max(pair_ratios):.3f}, "
-          f"fastest-epoch ratio {min(ref_times) / min(sl_times):.3f}")
-    print(f"augmentation           {100 * aug_time / sl_time:7.1f}% of step time "
-          f"({1000 * aug_time / steps:.1f} ms of {1000 * sl_time / steps:.1f} ms per step)")
-
+    print(timings.ratio_line("bare", "searchlab", "ratio                ", unit="")
+          + f"   target >= {TARGET:.2f}: {verdict}")
+    print(timings.ratio_line("channels-last", "searchlab", "ratio, channels-last ", unit="")
+          + "   the loop's own overhead")
+    shares = [a / s for a, s in zip(aug_times, timings.times["searchlab"])]
+    print(f"augmentation           {100 * statistics.median(shares):7.1f}% of step time "
+          f"({1000 * aug_time / steps:.1f} ms of {1000 * sl_time / steps:.1f} ms per step; per round "
+          f"{100 * min(shares):.1f}..{100 * max(shares):.1f}%)")
+    for line in timings.load_lines():
+        print(line)
 
 if __name__ == "__main__":
     main()
