@@ -1,45 +1,67 @@
-"""The ``searchlab`` command: sweep, resume, status, cka, tensorboard, augment show, data prepare."""
+"""The searchlab command: run a search space as a Ray Tune sweep, resume it, see its trials, compare
+its networks by CKA, open TensorBoard on it; preview augmentations; prepare datasets."""
 import argparse
 import ast
+import inspect
 import os
+import signal
 import subprocess
 import sys
+import textwrap
 
+from searchlab import __version__
 from searchlab.errors import UserError
 
 
-def parse_args_kv(pairs):
-    """["smoke=True", "lr=0.1", "name=x"] -> {"smoke": True, "lr": 0.1, "name": "x"}."""
-    args = {}
+def parse_args_kv(pairs, function=None):
+    """["smoke=false", "depths=[20, 56]"] -> {"smoke": False, "depths": (20, 56)}.
+
+    Each value is read as the type of that parameter of ``function`` (a search space's ``space``,
+    see spaces.coerce_args); without a function, as a Python literal (a bare word is a string).
+    """
+    from searchlab import spaces
+
+    raw = {}
     for pair in pairs or []:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise UserError(f"--arg takes key=value, got {pair!r}")
-        try:
-            args[key] = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            args[key] = value  # a bare word is a string
-    return args
+        raw[key] = value
+    return spaces.coerce_args(function, raw)
+
+
+def _sweep(a):
+    """The sweep module, with the console set up as --verbose asks before Ray or Tune print."""
+    from searchlab import sweep
+
+    sweep.configure_console(verbose=a.verbose)
+    return sweep
+
+
+def _existing(path):
+    """A one-line error for a path that is not there, before anything asks it to be an experiment."""
+    if not os.path.exists(path):
+        raise UserError(f"experiment directory {path} does not exist")
+    return path
 
 
 def cmd_sweep(a):
-    from searchlab import sweep
+    from searchlab import spaces
 
-    experiment = sweep.run(a.space, parse_args_kv(a.arg), name=a.name, storage=a.storage,
-                           address=a.address)
-    return _finish(experiment)
+    args = parse_args_kv(a.arg, spaces.load_module(a.space).space)
+    sweep = _sweep(a)
+    experiment = sweep.run(a.space, args, name=a.name, storage=a.storage, address=a.address)
+    return _finish(sweep, experiment)
 
 
 def cmd_resume(a):
-    from searchlab import sweep
+    _existing(a.experiment)
+    sweep = _sweep(a)
+    return _finish(sweep, sweep.resume(a.experiment, address=a.address))
 
-    return _finish(sweep.resume(a.experiment, address=a.address))
 
-
-def _finish(experiment):
+def _finish(sweep, experiment):
     """Print the trial table; exit 0 only when every trial finished."""
-    from searchlab import sweep
-
     rows = sweep.trial_table(experiment)
     print(sweep.format_table(rows))
     print(f"\nexperiment: {experiment}\nTensorBoard: searchlab tensorboard {experiment}")
@@ -52,8 +74,8 @@ def _finish(experiment):
 
 
 def cmd_status(a):
-    from searchlab import sweep
-
+    _existing(a.experiment)
+    sweep = _sweep(a)
     print(sweep.format_table(sweep.trial_table(a.experiment)))
     return 0
 
@@ -61,9 +83,10 @@ def cmd_status(a):
 def cmd_cka(a):
     import shutil
 
-    from searchlab import sweep
     from searchlab.analysis import study
 
+    _existing(a.experiment)
+    sweep = _sweep(a)
     sweep.read_record(a.experiment)  # a one-line error for a folder that is not an experiment
     folder = os.path.join(a.experiment, study.CKA_DIR)
     if a.force and os.path.isdir(folder):
@@ -78,11 +101,29 @@ def cmd_cka(a):
 
 
 def cmd_tensorboard(a):
-    if not os.path.isdir(a.experiment):
-        raise UserError(f"experiment directory {a.experiment} does not exist")
+    _existing(a.experiment)
     command = [sys.executable, "-m", "tensorboard.main", "--logdir", a.experiment, "--port", str(a.port)]
-    print("running:", " ".join(command))
-    return subprocess.call(command)
+    print("running:", " ".join(command), flush=True)
+    # Stopping searchlab stops TensorBoard: SIGTERM and SIGINT go on to it and searchlab waits for it,
+    # so no server is left holding the port. TensorBoard runs in its own process group, so that a
+    # Ctrl-C in the terminal reaches it once, through here, rather than twice.
+    child, received = None, []
+
+    def forward(signum, frame):
+        received.append(signum)
+        if child is not None:
+            child.send_signal(signum)
+
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        child = subprocess.Popen(command, process_group=0)
+        for signum in received:  # arrived while the child was starting
+            child.send_signal(signum)
+        code = child.wait()
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    return 128 - code if code < 0 else code  # killed by signal N: the shell's 128 + N
 
 
 def cmd_data_prepare(a):
@@ -117,36 +158,81 @@ def cmd_augment_show(a):
     return 0
 
 
+class Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose epilog may be a function, called only when the help is shown: listing
+    the bundled search spaces imports them, which no other command should wait for."""
+
+    def format_help(self):
+        if callable(self.epilog):
+            self.epilog = self.epilog()
+        return super().format_help()
+
+
+def spaces_help():
+    """The bundled search spaces: each one's summary and the arguments --arg sets, with defaults."""
+    from searchlab import spaces
+
+    lines = ["bundled search spaces and their arguments (set with --arg NAME=VALUE):"]
+    for name in spaces.available():
+        try:
+            function = spaces.load_module(name).space
+        except UserError as e:
+            lines.append(f"  {name}: {e}")
+            continue
+        doc = inspect.getdoc(function) or inspect.getdoc(inspect.getmodule(function)) or ""
+        lines.append(f"  {name}: {doc.splitlines()[0]}" if doc else f"  {name}")
+        arguments = ", ".join(map(str, inspect.signature(function).parameters.values()))
+        lines += textwrap.wrap(arguments or "no arguments", width=100, initial_indent=" " * 6,
+                               subsequent_indent=" " * 6, break_on_hyphens=False)
+    return "\n".join(lines)
+
+
+EXPERIMENT_HELP = "experiment directory, STORAGE/NAME (sweep prints it when it starts and ends)"
+VERBOSE_HELP = ("show all that Ray and Tune print (by default: Tune's progress table, errors and "
+                "searchlab's own lines)")
+
+
 def build_parser():
-    parser = argparse.ArgumentParser(prog="searchlab", description=__doc__)
+    parser = Parser(prog="searchlab", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    parser.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("sweep", help="run a search space as a Ray Tune sweep")
-    p.add_argument("space", help="a bundled search space (see search_spaces/) or a path to a .py file")
-    p.add_argument("--arg", action="append", metavar="KEY=VALUE", help="argument of space(); repeatable")
+    def verbose(p):  # also accepted after the command; SUPPRESS keeps a --verbose given before it
+        p.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS, help=VERBOSE_HELP)
+
+    p = sub.add_parser("sweep", help="run a search space as a Ray Tune sweep", epilog=spaces_help,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("space", help="a bundled search space (listed below) or a path to a .py file "
+                                 "with a function space(...)")
+    p.add_argument("--arg", action="append", metavar="NAME=VALUE",
+                   help="an argument of space(), read as the type of its default or annotation "
+                        "(true/false, a number, a text, a Python literal); repeatable")
     p.add_argument("--name", help="experiment name (default: SPACE-DATE-TIME)")
     p.add_argument("--storage", help="results folder (default: $SEARCHLAB_RESULTS or ~/searchlab_results)")
     p.add_argument("--address", help="Ray cluster address (default: start Ray on this machine)")
+    verbose(p)
     p.set_defaults(run=cmd_sweep)
 
     p = sub.add_parser("resume", help="finish an interrupted sweep from its checkpoints")
-    p.add_argument("experiment", help="the experiment directory, STORAGE/NAME")
-    p.add_argument("--address", help="Ray cluster address")
+    p.add_argument("experiment", help=EXPERIMENT_HELP)
+    p.add_argument("--address", help="Ray cluster address (default: the sweep's own, else this machine)")
+    verbose(p)
     p.set_defaults(run=cmd_resume)
 
     p = sub.add_parser("status", help="table of trials, their state and latest metrics")
-    p.add_argument("experiment")
+    p.add_argument("experiment", help=EXPERIMENT_HELP)
     p.set_defaults(run=cmd_status)
 
     p = sub.add_parser("cka", help="run (or re-run) the CKA analysis of a finished experiment")
-    p.add_argument("experiment")
+    p.add_argument("experiment", help=EXPERIMENT_HELP + "; its trials set cka.label (e.g. space cka_study)")
     p.add_argument("--force", action="store_true", help="recompute comparisons already on disk")
     p.set_defaults(run=cmd_cka)
 
     p = sub.add_parser("tensorboard", help="open TensorBoard on an experiment")
-    p.add_argument("experiment")
-    p.add_argument("--port", type=int, default=6006)
+    p.add_argument("experiment", help=EXPERIMENT_HELP + ", or a storage folder to see all its experiments")
+    p.add_argument("--port", type=int, default=6006, help="port TensorBoard serves on (default: 6006)")
     p.set_defaults(run=cmd_tensorboard)
 
     p = sub.add_parser("augment", help="augmentations")
@@ -164,13 +250,21 @@ def build_parser():
     p = sub.add_parser("data", help="datasets")
     data_sub = p.add_subparsers(dest="data_command", required=True)
     p = data_sub.add_parser("prepare", help="download a dataset into the numpy layout")
-    p.add_argument("dataset")
-    p.add_argument("--root", help="data folder (default: $SEARCHLAB_DATA)")
+    p.add_argument("dataset", help="the dataset to download (cifar10, cifar100)")
+    p.add_argument("--root", help="data folder: the dataset is written to ROOT/DATASET/*.npy "
+                                  "(default: $SEARCHLAB_DATA)")
     p.set_defaults(run=cmd_data_prepare)
     return parser
 
 
 def main(argv=None):
+    # Ray 2.60 turns token authentication on for a cluster that ray.init starts, and warns that it did
+    # so, unless RAY_AUTH_MODE names the mode. Name it before any command imports Ray (Ray reads it
+    # once, at import): token, Ray's own default, unless the user set a mode. Every Ray process this
+    # driver starts inherits it, so they agree; a driver in token mode also connects to a cluster
+    # started with authentication disabled. With --address, the token of a cluster started elsewhere
+    # must be in ~/.ray/auth_token (or RAY_AUTH_TOKEN_PATH).
+    os.environ.setdefault("RAY_AUTH_MODE", "token")
     a = build_parser().parse_args(argv)
     try:
         return a.run(a)

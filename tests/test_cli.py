@@ -79,3 +79,127 @@ def test_augment_show_writes_the_grid(cifar_data, tmp_path):
     for row in range(4):
         assert torch.equal(tile(row, 0), shown[row])  # first column: the image unchanged
         assert not torch.equal(tile(row, 1), tile(row, 2))  # draws differ
+
+
+# ---- help, version, paths -----------------------------------------------------------------------
+
+def test_version():
+    import searchlab
+
+    result = run("--version")
+    assert result.returncode == 0 and result.stdout == f"searchlab {searchlab.__version__}\n"
+
+
+def test_sweep_help_lists_the_spaces_with_their_arguments():
+    from searchlab import spaces
+
+    result = run("sweep", "--help")
+    assert result.returncode == 0, result.stderr
+    text = " ".join(result.stdout.split())  # the argument lists are wrapped
+    for name in spaces.available():
+        assert f" {name}: " in text
+    assert ("quickstart: Quick start: a small CNN on scikit-learn's 8x8 digits, learning rate x "
+            "augmentation (4 trials). epochs: int = 12") in text
+    assert "smoke: bool = False, depths=(20, 32, 44, 56, 110), seeds: int = 1, gpu: float = 0" in text
+
+
+def test_help_describes_every_path_argument_and_has_no_markup():
+    assert "``" not in run("--help").stdout
+    for command, argument in [("status", "experiment"), ("resume", "experiment"), ("cka", "experiment"),
+                              ("tensorboard", "experiment"), ("data prepare", "dataset")]:
+        result = run(*command.split(), "--help")
+        assert result.returncode == 0, result.stderr
+        positional = result.stdout.split("positional arguments:")[1].splitlines()[1]
+        assert positional.split()[0] == argument and len(positional.split()) > 3, result.stdout
+    assert "ROOT/DATASET" in run("data", "prepare", "--help").stdout
+
+
+def test_missing_experiment_directory(tmp_path):
+    missing = tmp_path / "nope"
+    for command in ("status", "resume", "cka", "tensorboard"):
+        line = one_line_error(run(command, str(missing)))
+        assert line == f"searchlab: error: experiment directory {missing} does not exist"
+
+
+# ---- --arg values are read as the types of space()'s parameters ---------------------------------
+
+def test_arg_values_take_the_types_of_the_space_parameters():
+    from searchlab import spaces
+
+    baseline = spaces.load_module("baseline").space
+    assert parse_args_kv(["smoke=false"], baseline) == {"smoke": False}
+    assert parse_args_kv(["smoke=FALSE", "seeds=3", "gpu=0.5"], baseline) == {"smoke": False, "seeds": 3, "gpu": 0.5}
+    assert parse_args_kv(["smoke=True"], baseline)["smoke"] is True
+    assert parse_args_kv(["depths=[20, 56]"], baseline) == {"depths": (20, 56)}
+    augmentations = spaces.load_module("augmentations").space
+    assert parse_args_kv(["model=resnet20", "names=['none', 'cutmix']"], augmentations) == {
+        "model": "resnet20", "names": ("none", "cutmix")}
+    # The bug this fixes: "false" was a truthy string, so smoke=false ran the smoke variant.
+    assert spaces.load("baseline", parse_args_kv(["smoke=false"], baseline))["param_space"]["optim"]["epochs"] == 182
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["sweep", "baseline", "--arg", "smoke=maybe"], "argument smoke: expected true or false (bool), got 'maybe'"),
+    (["sweep", "quickstart", "--arg", "epochs=abc"], "argument epochs: expected int, got 'abc'"),
+    (["sweep", "baseline", "--arg", "gpu=half"], "argument gpu: expected float, got 'half'"),
+    (["sweep", "baseline", "--arg", "depths=20"], "argument depths: expected tuple written as a Python literal, got '20'"),
+])
+def test_arg_of_the_wrong_type(args, expected):
+    assert one_line_error(run(*args)) == f"searchlab: error: {expected}"
+
+
+# ---- the best trial -----------------------------------------------------------------------------
+
+def test_best_trial_is_judged_by_its_best_so_far_value():
+    from searchlab.sweep import _best_index
+
+    results = [{"val_acc": 0.90, "best_val_acc": 0.95}, {"val_acc": 0.93, "best_val_acc": 0.93}, {}]
+    assert _best_index(results, "val_acc", "max") == 0  # the best epoch counts, not the last
+    assert _best_index([{"val_loss": 0.5}, {"val_loss": 0.2}, {"val_loss": float("nan")}], "val_loss", "min") == 1
+    assert _best_index([{"val_acc": 0.5}, {"val_acc": 0.7}], "val_acc", "min") == 0
+    assert _best_index([{}, {"trial_id": "x"}], "val_acc", "max") is None
+
+
+def test_format_table_marks_the_best_column():
+    from searchlab.sweep import format_table
+
+    text = format_table([{"trial": "a", "best": "", "val_acc": 0.5}, {"trial": "b", "best": "*", "val_acc": 0.75}])
+    assert text.splitlines() == ["trial  best  val_acc", "a            0.5", "b      *     0.75"]
+
+
+# ---- tensorboard stops with searchlab -----------------------------------------------------------
+
+def test_tensorboard_stops_when_searchlab_is_terminated(tmp_path):
+    import os
+    import signal
+    import socket
+    import time
+    from pathlib import Path
+
+    with socket.socket() as s:  # a free port
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    searchlab = subprocess.Popen([sys.executable, "-m", "searchlab.cli", "tensorboard", str(tmp_path),
+                                  "--port", str(port)], stdin=subprocess.DEVNULL,
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    child = None
+    try:
+        children = f"/proc/{searchlab.pid}/task/{searchlab.pid}/children"
+        deadline = time.monotonic() + 60
+        while child is None and time.monotonic() < deadline:
+            pids = Path(children).read_text().split() if os.path.exists(children) else []
+            child = int(pids[0]) if pids else None
+            time.sleep(0.2)
+        assert child is not None, "searchlab started no TensorBoard"
+        time.sleep(2)  # let TensorBoard get going
+        searchlab.send_signal(signal.SIGTERM)
+        searchlab.wait(timeout=30)
+        deadline = time.monotonic() + 10
+        while os.path.exists(f"/proc/{child}") and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not os.path.exists(f"/proc/{child}"), "TensorBoard outlived searchlab"
+    finally:
+        for pid in (searchlab.pid, child):
+            if pid and os.path.exists(f"/proc/{pid}"):
+                os.kill(pid, signal.SIGKILL)
+        searchlab.wait(timeout=10)
