@@ -122,6 +122,7 @@ def coerce_args(function, raw_args):
 
 
 def _read_arg(key, text, expected):
+    """The command-line ``text`` of argument ``key`` as a value of type ``expected`` (None: unknown)."""
     import ast
     import types
     import typing

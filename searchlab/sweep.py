@@ -144,7 +144,7 @@ def format_table(rows):
     widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths))]
     lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in cells]
-    return "\n".join(lines)
+    return "\n".join(line.rstrip() for line in lines)
 
 
 # ---- Tuner parts --------------------------------------------------------------------------------
@@ -311,9 +311,10 @@ def configure_console(verbose=False):
     # metrics ... FileNotFoundError" for every trial that has not reported yet: it tests
     # `trial.last_result is None`, which Trial.last_result never is. The table shows them PENDING.
     logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
-    # Each trial's worker logs "Checkpoint successfully created at: ..." every epoch, which the driver
-    # shows folded into "[repeated Nx across cluster]" lines. Quiet that logger in every worker; the
-    # rest of the workers' output (a trial's prints, warnings and errors) still reaches the console.
+    # The driver shows what workers print. Ray's loggers there say "Checkpoint successfully created
+    # at: ..." for every epoch of every trial (shown folded into "[repeated Nx across cluster]"
+    # lines) and "Restored on ... from checkpoint" on resume: raise them to WARNING, as on the driver.
+    # The rest of the workers' output (a trial's prints, warnings and errors) still reaches the console.
     _console["worker_setup"] = _quiet_worker_logs
     _tensorboard_hint_names_experiment()
 
@@ -322,17 +323,20 @@ def _quiet_worker_logs():
     """Runs in each Ray worker as it starts (ray.init's worker_process_setup_hook)."""
     import logging
 
-    logging.getLogger("ray.train").setLevel(logging.WARNING)
+    logging.getLogger("ray").setLevel(logging.WARNING)
 
 
 def _tensorboard_hint_names_experiment():
     """Tune's "To visualize your results with TensorBoard, run: `tensorboard --logdir ...`" names its
     staging folder inside Ray's session directory, which is deleted with the session and is not
     where searchlab keeps results. Ray 2.60 has no setting for this line (tune.run passes that folder
-    whenever a TBXLoggerCallback is present), so the progress reporter is handed the experiment
-    directory instead: the folder `searchlab tensorboard` opens."""
-    from ray.tune.experimental import output
-
+    whenever a TBXLoggerCallback is present, and turning that logger off loses the TensorBoard files),
+    so this patches the reporter's experiment_started to be handed the experiment directory instead:
+    the folder `searchlab tensorboard` opens. Should Tune change that method, its own line returns."""
+    try:
+        from ray.tune.experimental import output
+    except ImportError:
+        return
     started = output.ProgressReporter.experiment_started
     if getattr(started, "names_experiment", False):
         return
