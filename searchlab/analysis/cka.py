@@ -14,13 +14,16 @@ does not depend on the batch size the way the biased one does.
 
 Numerical conventions, because small differences here change published heatmaps:
 
-- everything is float64 (grams, HSIC, accumulation);
+- a network's grams are formed in its own precision (float32 for a float32 network, see
+  ``_gram``), everything after them (centring, HSIC, sums over batches) in float64;
 - no epsilon anywhere: CKA is scale-invariant, so an epsilon would pull layers with small
   activations towards 0. A zero denominator (e.g. a layer whose output is all zeros) gives nan.
   A constant but nonzero representation is not caught: its centred gram is zero only up to
   rounding, and the CKA computed from that residue is meaningless;
 - negative unbiased estimates are kept as they are: clamping them to 0 would bias the mean over
   batches upwards for unrelated layers.
+
+The RBF kernel's bandwidth follows Kornblith et al.'s reference code by default (``gram_rbf``).
 
 This module knows nothing of Ray; it takes models and an iterable of batches.
 """
@@ -144,27 +147,33 @@ def _check_kernel(kernel: str, rbf_median: str = "kornblith") -> None:
 # the minibatch code compute every layer pair with one matrix product.
 
 
-def _centre(K: torch.Tensor) -> torch.Tensor:
-    """H K H with H = I - 11^T/n, for one gram (n, n) or a stack (..., n, n), as a new float64 tensor."""
+def _float64_copy(K: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
+    """K as float64 in ``out`` (a float64 tensor of K's shape) or, without one, in a new tensor."""
+    return K.to(torch.float64, copy=True) if out is None else out.copy_(K)
+
+
+def _centre(K: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """H K H with H = I - 11^T/n, for one gram (n, n) or a stack (..., n, n), as float64 in ``out``
+    or a new tensor."""
     # (H K H)_ij = K_ij - (row mean_i - mean/2) - (column mean_j - mean/2); in place on one copy,
     # since the stacks of the minibatch code are large (31 x 256 x 256 float64 = 16 MB).
-    K = K.to(torch.float64, copy=True)
+    K = _float64_copy(K, out)
     half_mean = K.mean((-2, -1), keepdim=True) / 2
     rows = K.mean(-1, keepdim=True) - half_mean
     cols = K.mean(-2, keepdim=True) - half_mean
     return K.sub_(rows).sub_(cols)
 
 
-def _u_centre(K: torch.Tensor) -> torch.Tensor:
-    """U-centring (Szekely & Rizzo 2014) of a symmetric gram (n, n) or a stack (..., n, n), as a new
-    float64 tensor.
+def _u_centre(K: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """U-centring (Szekely & Rizzo 2014) of a symmetric gram (n, n) or a stack (..., n, n), as
+    float64 in ``out`` or a new tensor.
 
     With K~ the gram with a zero diagonal, U_ij = K~_ij - r_i/(n-2) - r_j/(n-2) + s/((n-1)(n-2))
     for i != j (r: row sums of K~, s: its total) and U_ii = 0. Then <U(K), U(L)> / (n(n-3)) is
     exactly the unbiased HSIC estimator of Song et al. (2012).
     """
     n = K.shape[-1]
-    K = K.to(torch.float64, copy=True)  # worked on in place, as in _centre
+    K = _float64_copy(K, out)  # worked on in place, as in _centre
     K.diagonal(dim1=-2, dim2=-1).zero_()
     rows = K.sum(-1, keepdim=True)
     # U_ij = K~_ij - a_i - a_j with a_i = r_i/(n-2) - s/(2(n-1)(n-2)).
@@ -174,16 +183,17 @@ def _u_centre(K: torch.Tensor) -> torch.Tensor:
     return K
 
 
-def _transform(K: torch.Tensor, unbiased: bool) -> tuple[torch.Tensor, float]:
-    """The transformed gram(s) and the constant that turns their inner product into HSIC."""
+def _transform(K: torch.Tensor, unbiased: bool, out: torch.Tensor | None = None) -> tuple[torch.Tensor, float]:
+    """The transformed gram(s), float64 (in ``out`` if given), and the constant that turns their
+    inner product into HSIC."""
     n = K.shape[-1]
     if unbiased:
         if n < 4:
             raise ValueError(f"unbiased HSIC needs at least 4 examples per batch, got {n}")
-        return _u_centre(K), n * (n - 3)
+        return _u_centre(K, out), n * (n - 3)
     if n < 2:
         raise ValueError(f"HSIC needs at least 2 examples, got {n}")
-    return _centre(K), (n - 1) ** 2
+    return _centre(K, out), (n - 1) ** 2
 
 
 def _pair(K, L) -> tuple[torch.Tensor, torch.Tensor]:
@@ -234,14 +244,29 @@ class MinibatchCKA:
         self.cross: torch.Tensor | None = None  # (La, Lb) sum of HSIC(K_i, L_j)
         self.self_a: torch.Tensor | None = None  # (La,) sum of HSIC(K_i, K_i)
         self.self_b: torch.Tensor | None = None  # (Lb,)
+        self._buffers: list[torch.Tensor | None] = [None, None]  # float64 work space, see _buffer
+
+    def _buffer(self, i: int, grams: torch.Tensor) -> torch.Tensor:
+        # The transformed grams are formed in buffers kept from batch to batch: a fresh 16 MB
+        # allocation per batch (31 layers x 256^2 x 8 bytes) costs ~4000 page faults, since glibc
+        # hands large blocks back to the OS, about 20 ms here.
+        buf = self._buffers[i]
+        if buf is None or buf.shape != grams.shape or buf.device != grams.device:
+            buf = self._buffers[i] = torch.empty(grams.shape, dtype=torch.float64, device=grams.device)
+        return buf
 
     def update(self, grams_a: torch.Tensor, grams_b: torch.Tensor | None = None) -> None:
         if grams_b is not None and grams_a.shape[-1] != grams_b.shape[-1]:
             raise ValueError(f"grams of model A and B must come from the same images, got batches of "
                              f"{grams_a.shape[-1]} and {grams_b.shape[-1]}")
-        ta, c = _transform(torch.as_tensor(grams_a), self.unbiased)
+        grams_a = torch.as_tensor(grams_a)
+        ta, c = _transform(grams_a, self.unbiased, self._buffer(0, grams_a))
         ta = ta.flatten(1)
-        tb = ta if grams_b is None else _transform(torch.as_tensor(grams_b), self.unbiased)[0].flatten(1)
+        if grams_b is None:
+            tb = ta
+        else:
+            grams_b = torch.as_tensor(grams_b)
+            tb = _transform(grams_b, self.unbiased, self._buffer(1, grams_b))[0].flatten(1)
         # One matrix product gives all La x Lb inner products <T(K_i), T(L_j)>.
         cross = ta @ tb.T / c
         if grams_b is None:
