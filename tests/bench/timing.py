@@ -138,9 +138,9 @@ class Interleaved:
     def conclusive(self):
         return self.load <= self.limit
 
-    def ratio_line(self, num, den, label, unit="x"):
-        return (f"{label} {self.ratio(num, den):7.2f}{unit}   (median of {self.rounds} interleaved "
-                f"pairs; per pair {self.spread(num, den)})")
+    def ratio_line(self, num, den, label, unit="x", digits=2):
+        return (f"{label} {self.ratio(num, den):7.{digits}f}{unit}   (median of {self.rounds} "
+                f"interleaved pairs; per pair {self.spread(num, den)})")
 
     def load_lines(self):
         others = ("not measured (no /proc/stat)" if self.others is None
