@@ -26,6 +26,12 @@ Why a load flag as well
     QUIET_LOAD_PER_CORE = 0.5: a run is conclusive when that load is at most half the cores (1.0 on
     a 2-core machine). Above it, some core ran another process for more than half the time
     while every core was also wanted by the benchmark's own threads.
+
+    What neither figure sees: contention from outside this machine's view, such as other virtual
+    machines on the same physical cores or memory bus. It slows everything without showing as
+    load or steal (here it has made the same forward passes 1.4x slower with the flag saying
+    quiet). Compare the reference's own time, which the benchmarks print, with a known quiet run
+    before trusting a "conclusive".
 """
 import os
 import statistics
