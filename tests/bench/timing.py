@@ -29,9 +29,9 @@ Why a load flag as well
 
     What neither figure sees: contention from outside this machine's view, such as other virtual
     machines on the same physical cores or memory bus. It slows everything without showing as
-    load or steal (here it has made the same forward passes 1.4x slower with the flag saying
-    quiet). Compare the reference's own time, which the benchmarks print, with a known quiet run
-    before trusting a "conclusive".
+    load or steal (here bench_cka's forward passes have run 1.4x slower than in a quiet run while
+    other processes and steal took under 0.05 cores). Compare the reference's own time, which the
+    benchmarks print, with a known quiet run before trusting a "conclusive".
 """
 import os
 import statistics
