@@ -294,12 +294,23 @@ def test_capture_is_taken_before_an_inplace_relu():
     torch.testing.assert_close(grams(model, x_cl)[0], want @ want.T, rtol=1e-12, atol=1e-12)
 
 
+@pytest.fixture
+def restore_threads():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+@pytest.mark.parametrize("channels, kernel", [(6, 3), (5, 4)])
 @pytest.mark.parametrize("n", [128, 131, 200, 256])
-def test_grams_of_large_batches_match_the_plain_product(n):
+def test_grams_of_large_batches_match_the_plain_product(n, channels, kernel, threads, restore_threads):
     # Even batches of 128 or more take the blocked product that computes each symmetric block once
-    # (one level of blocks for 128 and 200, two for 256); odd ones the plain product.
+    # (one level of blocks for 128 and 200, two for 256); odd ones a single product. An even
+    # number of features (6 x 4 x 4 = 96) is split in halves, an odd one (5 x 3 x 3 = 45) is not.
+    torch.set_num_threads(threads)
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(3, 4, 3)).double()
+    model = nn.Sequential(nn.Conv2d(3, channels, kernel)).double()
     x = torch.randn(n, 3, 6, 6, dtype=torch.float64) + 0.5
     with torch.no_grad():
         want = model[0](x).flatten(1).numpy()
