@@ -11,8 +11,9 @@ What it measures
     builds (a list of normalised, channels-last batches). torch-cka: ``CKA(model_a, model_b,
     model1_layers=..., model2_layers=...)``, ``.compare(loader, loader)`` and ``.export()`` on one
     unshuffled ``DataLoader`` over the same normalised images (its collate hands the models
-    contiguous NCHW batches). torch-cka gets its own deep copies of the two models, because it
-    leaves its forward hooks registered for good.
+    contiguous NCHW batches). torch-cka gets fresh deep copies of the two models for every run,
+    because it leaves its forward hooks registered for good: a second run on the same models would
+    hook every layer twice.
 
     Both are timed end to end, forward passes included, interleaved with each other and with the
     forward passes alone (``timing.interleave``: torch-cka, searchlab, forward, torch-cka, ...),
