@@ -1,6 +1,6 @@
 """Which layers do augmentations change? The CKA study (DESIGN.md section 2, study 1).
 
-    searchlab sweep cka_study --arg smoke=True    # ResNet-20, 12 runs x 2 epochs on 1k images + CKA: ~6 min on 2 CPUs
+    searchlab sweep cka_study --arg smoke=True    # ResNet-20, 12 runs x 2 epochs on 1k images + CKA: ~4 min on 2 CPUs (3m35s measured)
     searchlab sweep cka_study                     # ResNet-32 and ResNet-56, 12 runs each, 200 epochs
     searchlab sweep cka_study --arg "weights={'resnet18': '/path/r18.pth', 'resnet50': '/path/r50.pth'}"
 
