@@ -113,12 +113,12 @@ def trial_table(experiment):
     best = _best_index(results, metric, mode)
     metrics = list(dict.fromkeys([*STATUS_METRICS, *([metric] if metric else [])]))
     rows = []
-    for i, (trial, config, result) in enumerate(zip(trials, configs, results)):
+    for i, (trial, flat, result) in enumerate(zip(trials, configs, results)):
         row = {"trial": str(trial)}
         if best is not None:
             row["best"] = "*" if i == best else ""
         rows.append({**row, "status": trial.status,
-                     **{k: _short(config.get(k)) for k in varying},
+                     **{k: _short(flat.get(k)) for k in varying},
                      **{k: result[k] for k in metrics if k in result}})
     return rows
 
