@@ -25,3 +25,41 @@ def ray_session():
              log_to_driver=False)
     yield
     ray.shutdown()
+
+
+@pytest.fixture
+def kill_worker_at():
+    """``kill_worker_at(experiment, epoch)`` starts a watcher that SIGKILLs, once, the worker of the
+    first trial of ``experiment`` whose result.json reaches ``epoch`` (by the pid Tune records in
+    each result); it returns a list that then holds (trial folder name, epoch, pid)."""
+    import json
+    import signal
+    import threading
+    import time
+
+    stop, watchers = threading.Event(), []
+
+    def start(experiment, epoch):
+        killed = []
+
+        def watch():
+            while not stop.is_set():
+                for result in Path(experiment).glob("train_*/result.json"):
+                    try:
+                        rows = [json.loads(line) for line in result.read_text().splitlines()]
+                    except (FileNotFoundError, json.JSONDecodeError):
+                        continue
+                    if rows and rows[-1]["epoch"] >= epoch:
+                        os.kill(rows[-1]["pid"], signal.SIGKILL)
+                        killed.append((result.parent.name, rows[-1]["epoch"], rows[-1]["pid"]))
+                        return
+                time.sleep(0.05)
+
+        watchers.append(threading.Thread(target=watch, daemon=True))
+        watchers[-1].start()
+        return killed
+
+    yield start
+    stop.set()
+    for watcher in watchers:
+        watcher.join()

@@ -1,9 +1,5 @@
 """Phases: the augmentation and regime as a pure function of the epoch, through a real sweep."""
 import json
-import os
-import signal
-import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -79,30 +75,13 @@ def reference_train_losses(cfg, epochs, switch):
         torch.set_num_threads(threads)
 
 
-def test_two_phases_switch_at_their_epoch_and_resume_exactly_across_the_switch(ray_session, cifar_data, tmp_path):
+def test_two_phases_switch_at_their_epoch_and_resume_exactly_across_the_switch(ray_session, cifar_data, tmp_path,
+                                                                              kill_worker_at):
     """Two identical trials; one loses its worker before the switch and resumes from its checkpoint.
     Both must give the same numbers at every epoch, and the numbers of a plain loop that switches
     at epoch 3."""
-    killed = []
-
-    def kill_once():
-        deadline = time.time() + 300
-        while not killed and time.time() < deadline:
-            for trial_dir in trial_dirs(tmp_path / "phases") if (tmp_path / "phases").exists() else []:
-                try:
-                    rows = results(trial_dir)
-                except (FileNotFoundError, json.JSONDecodeError):
-                    continue
-                if rows and rows[-1]["epoch"] >= 2:
-                    os.kill(rows[-1]["pid"], signal.SIGKILL)
-                    killed.append((trial_dir.name, rows[-1]["epoch"]))
-                    return
-            time.sleep(0.05)
-
-    watcher = threading.Thread(target=kill_once)
-    watcher.start()
+    killed = kill_worker_at(tmp_path / "phases", epoch=2)
     experiment = sweep.run(str(SPACE), name="phases", storage=tmp_path)
-    watcher.join()
     assert killed and killed[0][1] <= 3, "the worker was not killed before the switch"
 
     runs = {d.name: results(d) for d in trial_dirs(experiment)}

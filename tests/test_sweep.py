@@ -1,9 +1,5 @@
 """Sweeps through Ray Tune end to end, on one shared Ray instance."""
 import json
-import os
-import signal
-import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -70,32 +66,14 @@ def test_optuna_sweep_with_asha(ray_session, tmp_path):
     assert len(lrs) == 3 and all(1e-3 <= lr <= 0.5 for lr in lrs)
 
 
-def test_dead_worker_is_retried_from_its_checkpoint(ray_session, cifar_data, tmp_path):
+def test_dead_worker_is_retried_from_its_checkpoint(ray_session, cifar_data, tmp_path, kill_worker_at):
     """Kill a trial's worker process (by the PID it reported) after epoch 2 of 4."""
-    killed = []
-
-    def kill_once():
-        deadline = time.time() + 300
-        while not killed and time.time() < deadline:
-            for trial_dir in trial_dirs(tmp_path / "faults") if (tmp_path / "faults").exists() else []:
-                try:
-                    rows = results(trial_dir)
-                except (FileNotFoundError, json.JSONDecodeError):
-                    continue
-                if rows and rows[-1]["epoch"] >= 2:
-                    os.kill(rows[-1]["pid"], signal.SIGKILL)
-                    killed.append(rows[-1]["pid"])
-                    return
-            time.sleep(0.2)
-
-    watcher = threading.Thread(target=kill_once)
-    watcher.start()
+    killed = kill_worker_at(tmp_path / "faults", epoch=2)
     experiment = sweep.run(TINY, {"epochs": 4, "seeds": 1}, name="faults", storage=tmp_path)
-    watcher.join()
     assert killed
     [trial_dir] = trial_dirs(experiment)
     rows = results(trial_dir)
     # Finished epochs are not redone: each epoch reported once, by two different processes.
     assert [r["epoch"] for r in rows] == [1, 2, 3, 4]
-    assert rows[0]["pid"] == killed[0] != rows[-1]["pid"]
+    assert rows[0]["pid"] == killed[0][2] != rows[-1]["pid"]
     assert sweep.trial_table(experiment)[0]["status"] == "TERMINATED"
