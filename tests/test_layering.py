@@ -7,10 +7,11 @@ import searchlab
 
 PACKAGE = Path(searchlab.__file__).parent
 # Bottom to top: each of these may import only the ones before it (and its own package).
-LOWER = ["errors", "data", "augment", "models", "regimes", "train", "evals", "checkpoint", "config",
-         "analysis.cka"]
+LOWER = ["errors", "data", "corruptions", "augment", "models", "splitbn", "regimes", "train", "fourier",
+         "evals", "checkpoint", "config", "analysis.cka"]
 # Everything else in the package is above all of them.
-ABOVE = ["version", "trainable", "spaces", "sweep", "cli", "analysis.study", "analysis.actors"]
+ABOVE = ["version", "trainable", "spaces", "sweep", "cli", "analysis.study", "analysis.actors",
+         "analysis.figures"]
 
 
 def module_files(name):
