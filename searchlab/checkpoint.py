@@ -8,6 +8,8 @@ A checkpoint is a folder ``checkpoint_NNNNNN`` in the trial's folder, holding
                 {"epoch", "model", and that epoch's metrics}; "history" every epoch's metrics.
     trial.json  {"schema", "epoch", "config", "metrics"}: the resolved trial config and the metrics
                 of the epoch, for readers that need no weights (and need not unpickle anything).
+    arrays.npz  the arrays the evaluations returned (a Fourier heatmap, a low-pass curve), by metric
+                name, when there are any; numpy's format, read without pickle.
 
 Both files are written to a temporary name and renamed, so a reader never sees half a file.
 """
@@ -17,11 +19,13 @@ import os
 import pickle
 import tempfile
 
+import numpy as np
 import torch
 
 SCHEMA = 1
 STATE = "state.pt"
 RECORD = "trial.json"
+ARRAYS = "arrays.npz"
 PREFIX = "checkpoint_"
 
 
@@ -29,10 +33,12 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be used: cut short, foreign, or of another schema."""
 
 
-def save(folder, epoch, state, config, metrics):
+def save(folder, epoch, state, config, metrics, arrays=None):
     """Write a checkpoint of ``epoch`` into ``folder``: ``state`` (model, optimizer, best, history)
-    into state.pt, the config and this epoch's metrics into trial.json."""
+    into state.pt, the config and this epoch's metrics into trial.json, ``arrays`` into arrays.npz."""
     _write(folder, STATE, lambda f: torch.save({"schema": SCHEMA, "epoch": epoch, **state}, f))
+    if arrays:
+        _write(folder, ARRAYS, lambda f: np.savez(f, **arrays))
     record = {"schema": SCHEMA, "epoch": epoch, "config": config, "metrics": metrics}
     _write(folder, RECORD, lambda f: f.write(json.dumps(record, indent=1, default=str).encode()))
 
@@ -67,6 +73,18 @@ def read_record(folder):
         raise CheckpointError(f"{path} is unreadable ({type(e).__name__}: {e})") from e
     _check_schema(path, record)
     return record
+
+
+def read_arrays(folder):
+    """{name: array} of the checkpoint in ``folder``; empty when it holds none."""
+    path = os.path.join(folder, ARRAYS)
+    if not os.path.exists(path):
+        return {}
+    try:
+        with np.load(path, allow_pickle=False) as arrays:
+            return dict(arrays)
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{path} is unreadable ({type(e).__name__}: {e})") from e
 
 
 def _check_schema(path, content):

@@ -48,6 +48,17 @@ DEFAULTS = {
         "weight": 12.0,         # of the consistency term, as Hendrycks et al.
         "severity": 3, "width": 3, "depth": -1, "alpha": 1.0, "all_ops": False,  # the AugMix op's
     },
+    "splitbn": {                # regime splitbn: split BatchNorm (Merchant et al.), DESIGN.md study 2
+        "main": "standard",     # the weak view's pipeline (main BatchNorm): a preset or op specs
+        "aux": "randaugment",   # the strong view's (aux BatchNorm): a preset, op specs, or "pgd"
+        "split": True,          # False: both views through one BatchNorm (the paper's ablations)
+        "shared_affine": False,  # True: one weight and bias, two sets of running statistics
+        "aux_loss_weight": 0.5,  # loss = (1 - w) CE(main view) + w CE(aux view); 0.5 the mean
+        "pgd": {"steps": 4, "epsilon": 4 / 255, "step_size": 1 / 255, "random_start": True},
+        "lambdas": [0.0, 0.25, 0.5, 0.75, 1.0],  # weights on aux evaluated: metric@lam<L>
+        "lambda": 0.0,          # this trial's own: its val_acc, test_acc, best epoch (0: main branch)
+        "interpolate": "probs",  # probs | logits: what the two branches' predictions mix
+    },
     # Later phases of training: each {"start_epoch": E, "augment": {...}, "regime": NAME} takes over
     # once E epochs have been trained (train.phase_at); what it leaves out stays as before.
     "phases": [],
@@ -56,6 +67,19 @@ DEFAULTS = {
         "at_end": [],           # evaluations of the best model after the last epoch: <metric>_at_best
         "select": "val_acc",    # the every-epoch metric that picks the best epoch ...
         "mode": "max",          # ... and whether higher (max) or lower (min) is better
+    },
+    "corruptions": {            # eval corruptions: CIFAR-10-C-style data in $SEARCHLAB_DATA/<dataset>-c/
+        "images": None,         # per severity (the first ones); None: all of them (10,000)
+        "batch_size": 1000,
+    },
+    "fourier": {                # eval fourier: Yin et al.'s Fourier heatmap
+        "images": 1000,         # test images (the first ones)
+        "eps": 8.0,             # L2 norm of the perturbation on [0, 1] pixels, per channel
+        "batch_size": 1000,
+        "seed": 0,              # of the random signs
+    },
+    "lowpass": {                # eval lowpass: accuracy under low-pass filters of width 1..size
+        "images": 500,          # test images (the first ones)
     },
     "cka": {                    # this trial's part in a CKA study (searchlab/analysis)
         "label": None,          # its name in the study, e.g. "none1", "cutout"; None: not in one
@@ -76,7 +100,7 @@ def resolve(config):
     """Return DEFAULTS updated with ``config``; raise UserError on unknown keys or names."""
     from searchlab import augment, data, models, regimes
     from searchlab.evals import EVALS, metric_names
-    from searchlab.train import SCHEDULES, phase_at
+    from searchlab.train import SCHEDULES, phases
 
     config = dict(config or {})
     variant = config.pop("variant", None) or {}
@@ -87,8 +111,7 @@ def resolve(config):
     _one_of("optim.schedule", cfg["optim"]["schedule"], SCHEDULES)
     _one_of("device", cfg["device"], ("auto", "cpu", "cuda"))
     cfg["phases"] = _phases(cfg["phases"], cfg["optim"]["epochs"])
-    for epoch in [0, *(p["start_epoch"] for p in cfg["phases"])]:
-        phase = phase_at(cfg, epoch)
+    for phase in phases(cfg):
         augment.validate(phase.pipeline, phase.mix)
         regimes.check(phase.regime, cfg.get(phase.regime, {}), phase.pipeline, phase.mix)
     ev = cfg["eval"]

@@ -1,32 +1,160 @@
 """Evaluations: what a trial measures on its model. No Ray.
 
 ``EVALS`` maps a name to an ``Eval``: ``run(model, data, cfg)`` returns a dict of named metrics and
-``metrics(cfg)`` lists those names without running anything, so that a sweep can check its metric
-before it starts. An evaluation reads its parameters from its own config group, if it has one.
+``metrics(cfg)`` lists the names of its numbers without running anything, so that a sweep can check
+its metric before it starts. A run may also return arrays (a Fourier heatmap, a low-pass curve):
+they are kept in the checkpoint, not reported to Tune. An evaluation reads its parameters from its
+own config group, if it has one.
 
 The ``eval`` group of a trial config says which evaluations run after every epoch
 (``every_epoch``), which run once at the end on the best model (``at_end``, reported with the suffix
 ``_at_best``), and which every-epoch metric picks the best epoch (``select``, ``mode``).
+
+A split-BatchNorm model (``train.split_bn``) is evaluated at every lambda of ``splitbn.lambdas``
+from two forward passes per batch (main and aux branch), its metrics named ``<metric>@lam<L>``
+(``test_acc@lam0.5``); the plain names (``test_acc``) are those at the trial's own
+``splitbn.lambda``.
 """
 from typing import Callable, NamedTuple
 
-from searchlab.train import evaluate
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from searchlab import corruptions, fourier
+from searchlab.data import Split, batches, normalize
+from searchlab.splitbn import branch, interpolate
+from searchlab.train import split_bn
 
 
 class Eval(NamedTuple):
-    run: Callable       # (model, data, cfg) -> {metric: value}
-    metrics: Callable   # (cfg) -> the names run() returns
+    run: Callable       # (model, data, cfg) -> {metric: number or array}
+    metrics: Callable   # (cfg) -> the names of the numbers run() returns
 
+
+# ---- predictions: one per lambda ----------------------------------------------------------------
+
+def heads(cfg):
+    """(suffix, lambda) of every prediction a trial reports: ("", None) for a plain model; for a
+    split-BatchNorm one ("", splitbn.lambda) and ("@lam<L>", L) for each L in splitbn.lambdas."""
+    if not split_bn(cfg):
+        return [("", None)]
+    s = cfg["splitbn"]
+    return [("", s["lambda"]), *((f"@lam{lam:g}", lam) for lam in s["lambdas"])]
+
+
+def predictor(model, cfg):
+    """``predict(x) -> {suffix: logits}`` on normalised images, in eval mode without gradients.
+
+    A split-BatchNorm model runs twice, main and aux branch, and every lambda is interpolated from
+    those two outputs: a lambda costs no forward pass of its own.
+    """
+    suffixes = heads(cfg)
+
+    @torch.no_grad()
+    def predict(x):
+        model.eval()
+        if suffixes == [("", None)]:
+            return {"": model(x)}
+        with branch(model, "main"):
+            main = model(x)
+        with branch(model, "aux"):
+            aux = model(x)
+        return {suffix: interpolate(main, aux, lam, cfg["splitbn"]["interpolate"]) for suffix, lam in suffixes}
+
+    return predict
+
+
+def scores(predict, split, mean, std, batch_size=1000):
+    """{suffix: (mean loss, accuracy)} of every prediction on a split of uint8 images."""
+    loss, correct = {}, {}
+    for x, y in batches(split, batch_size):
+        for suffix, logits in predict(normalize(x, mean, std)).items():
+            loss[suffix] = loss.get(suffix, 0.0) + F.cross_entropy(logits, y, reduction="sum").item()
+            correct[suffix] = correct.get(suffix, 0) + (logits.argmax(1) == y).sum().item()
+    n = max(len(split), 1)
+    return {suffix: (loss[suffix] / n, correct[suffix] / n) for suffix in loss}
+
+
+# ---- clean: validation and test splits ----------------------------------------------------------
 
 def clean(model, data, cfg):
     """Loss and accuracy on the validation and test splits, unaugmented."""
-    val_loss, val_acc = evaluate(model, data.val, data.mean, data.std)
-    test_loss, test_acc = evaluate(model, data.test, data.mean, data.std)
-    return {"val_loss": val_loss, "val_acc": val_acc, "test_loss": test_loss, "test_acc": test_acc}
+    predict, metrics = predictor(model, cfg), {}
+    for name in ("val", "test"):
+        for suffix, (loss, acc) in scores(predict, getattr(data, name), data.mean, data.std).items():
+            metrics[f"{name}_loss{suffix}"], metrics[f"{name}_acc{suffix}"] = loss, acc
+    return {m: metrics[m] for m in clean_metrics(cfg)}
+
+
+def clean_metrics(cfg):
+    return [f"{name}_{kind}{suffix}" for suffix, _ in heads(cfg)
+            for name in ("val", "test") for kind in ("loss", "acc")]
+
+
+# ---- corruptions: CIFAR-10-C-style data ---------------------------------------------------------
+
+def corruption_errors(model, data, cfg):
+    """Unnormalised corruption error (as Hendrycks' AugMix cifar.py): per corruption the error over
+    its five severities (``uce_<corruption>``), and their mean (``uce``); on the first
+    ``corruptions.images`` images of each severity (None: all)."""
+    images, labels = corruptions.load(cfg["data"]["dataset"], cfg["data"]["root"])
+    per_severity = len(labels) // 5
+    n = min(cfg["corruptions"]["images"] or per_severity, per_severity)
+    device, predict = data.mean.device, predictor(model, cfg)
+    metrics = {}
+    for name in corruptions.CORRUPTIONS:
+        errors = {}
+        for severity in range(5):
+            rows = slice(severity * per_severity, severity * per_severity + n)
+            x = torch.from_numpy(np.ascontiguousarray(images[name][rows])).permute(0, 3, 1, 2)
+            y = torch.from_numpy(np.asarray(labels[rows], dtype=np.int64))
+            split = Split(x, y).to(device)
+            for suffix, (_, acc) in scores(predict, split, data.mean, data.std,
+                                           cfg["corruptions"]["batch_size"]).items():
+                errors[suffix] = errors.get(suffix, 0.0) + (1 - acc) / 5
+        for suffix, error in errors.items():
+            metrics[f"uce_{name}{suffix}"] = error
+    for suffix, _ in heads(cfg):
+        metrics[f"uce{suffix}"] = float(np.mean([metrics[f"uce_{c}{suffix}"] for c in corruptions.CORRUPTIONS]))
+    return {m: metrics[m] for m in corruption_metrics(cfg)}
+
+
+def corruption_metrics(cfg):
+    return [f"uce{kind}{suffix}" for suffix, _ in heads(cfg)
+            for kind in ("", *(f"_{c}" for c in corruptions.CORRUPTIONS))]
+
+
+# ---- Fourier heatmap and low-pass accuracy -----------------------------------------------------
+
+def fourier_heatmap(model, data, cfg):
+    """Yin et al.'s Fourier heatmap on the first ``fourier.images`` test images: the error under a
+    Fourier basis perturbation of L2 norm ``fourier.eps`` per frequency (array ``fourier<suffix>``)
+    and its mean over frequencies (``fourier_err<suffix>``). Every lambda sees the same batches."""
+    f, test = cfg["fourier"], data.test
+    generator = torch.Generator(test.x.device).manual_seed(f["seed"])
+    maps = fourier.heatmap(predictor(model, cfg), test.x[:f["images"]], test.y[:f["images"]],
+                           data.mean, data.std, eps=f["eps"], batch_size=f["batch_size"], generator=generator)
+    return {**{f"fourier{s}": m for s, m in maps.items()},
+            **{f"fourier_err{s}": float(m.mean()) for s, m in maps.items()}}
+
+
+def lowpass(model, data, cfg):
+    """Accuracy on the first ``lowpass.images`` test images when every Fourier component outside a
+    centred square of width B is removed, B = 1..image size (array ``lowpass_acc<suffix>``), and its
+    mean over B (``lowpass_mean_acc<suffix>``)."""
+    n, test = cfg["lowpass"]["images"], data.test
+    curves = fourier.lowpass_accuracy(predictor(model, cfg), test.x[:n], test.y[:n], data.mean, data.std,
+                                      widths=range(1, test.x.shape[-1] + 1))
+    return {**{f"lowpass_acc{s}": c for s, c in curves.items()},
+            **{f"lowpass_mean_acc{s}": float(np.mean(c)) for s, c in curves.items()}}
 
 
 EVALS = {
-    "clean": Eval(clean, lambda cfg: ("val_loss", "val_acc", "test_loss", "test_acc")),
+    "clean": Eval(clean, clean_metrics),
+    "corruptions": Eval(corruption_errors, corruption_metrics),
+    "fourier": Eval(fourier_heatmap, lambda cfg: [f"fourier_err{s}" for s, _ in heads(cfg)]),
+    "lowpass": Eval(lowpass, lambda cfg: [f"lowpass_mean_acc{s}" for s, _ in heads(cfg)]),
 }
 
 
@@ -45,3 +173,9 @@ def metric_names(names, cfg):
 def at_best(name):
     """The name under which an end-of-training metric of the best model is reported."""
     return f"{name}_at_best"
+
+
+def numbers_and_arrays(metrics):
+    """Split evaluation results into numbers (reported) and arrays (kept with the checkpoint)."""
+    arrays = {k: np.asarray(v) for k, v in metrics.items() if np.ndim(v) > 0}
+    return {k: v for k, v in metrics.items() if k not in arrays}, arrays

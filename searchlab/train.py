@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from searchlab.data import batches, normalize
+from searchlab import splitbn
 from searchlab.regimes import REGIMES
 
 
@@ -77,6 +78,24 @@ def phase_at(cfg, epoch):
             augment = {**augment, **phase.get("augment", {})}
             regime = phase.get("regime", regime)
     return Phase(augment["pipeline"], augment["mix"], regime)
+
+
+def phases(cfg):
+    """Every phase of a resolved config, in order."""
+    return [phase_at(cfg, epoch) for epoch in [0, *(p["start_epoch"] for p in cfg["phases"])]]
+
+
+def split_bn(cfg):
+    """Whether the config trains a split-BatchNorm model: some phase's regime is ``splitbn`` with
+    ``splitbn.split`` on. Its evaluations then report every lambda of ``splitbn.lambdas``."""
+    return cfg["splitbn"]["split"] and any(phase.regime == "splitbn" for phase in phases(cfg))
+
+
+def prepare_model(model, cfg):
+    """The model as the config's regimes train it: with split BatchNorm when ``split_bn(cfg)``."""
+    if split_bn(cfg):
+        splitbn.convert(model, cfg["splitbn"]["shared_affine"])
+    return model
 
 
 def regime_of(cfg, name):

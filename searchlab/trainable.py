@@ -20,9 +20,10 @@ from searchlab import checkpoint
 from searchlab.augment import Pipeline
 from searchlab.config import resolve
 from searchlab.data import load_dataset
-from searchlab.evals import at_best, metric_names, run_evals
+from searchlab.evals import at_best, metric_names, numbers_and_arrays, run_evals
 from searchlab.models import build_model
-from searchlab.train import lr_at, make_optimizer, phase_at, regime_of, total_epochs, train_epoch
+from searchlab.train import (lr_at, make_optimizer, phase_at, prepare_model, regime_of, total_epochs,
+                             train_epoch)
 from searchlab.version import code_version
 
 
@@ -38,7 +39,8 @@ def train(config):
     data = load_dataset(d["dataset"], val_size=d["val_size"], train_size=d["train_size"],
                         test_size=d["test_size"], split_seed=d["split_seed"], root=d["root"]).to(device)
     model = build_model(cfg["model"]["name"], data.num_classes, in_channels=data.train.x.shape[1],
-                        weights=cfg["model"]["weights"]).to(device)
+                        weights=cfg["model"]["weights"])
+    model = prepare_model(model, cfg).to(device)
     optimizer = make_optimizer(model, optim)
     record_trial(cfg)
 
@@ -80,12 +82,14 @@ def train(config):
             "epoch_time": time.perf_counter() - began,
             **best_metrics(best, ev),
         }
+        arrays = {}
         if epoch + 1 == epochs:
-            metrics.update(evaluate_best(model, best, data, cfg))
+            at_end, arrays = numbers_and_arrays(evaluate_best(model, best, data, cfg))
+            metrics.update(at_end)
         history.append(metrics)
         with tempfile.TemporaryDirectory() as folder:
             checkpoint.save(folder, epoch + 1, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                                "best": best, "history": history}, cfg, metrics)
+                                                "best": best, "history": history}, cfg, metrics, arrays)
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
 
 
