@@ -82,12 +82,19 @@ DEFAULTS = {
         "images": 500,          # test images (the first ones)
     },
     "cka": {                    # this trial's part in a CKA study (searchlab/analysis)
-        "label": None,          # its name in the study, e.g. "none1", "cutout"; None: not in one
+        # A searcher's raw suggestions that the config uses elsewhere, e.g. a RandAugment magnitude that
+    # a define-by-run space puts into an op spec: any keys, kept for the record, read by nothing.
+    "search": {},
+    "label": None,          # its name in the study, e.g. "none1", "cutout"; None: not in one
         "group": None,          # trials compared with each other share a group (e.g. the model)
         "references": ["none1", "none2"],  # labels of the group's two unaugmented runs
         "images": 2048,         # validation images the comparisons use
         "batch_size": 256,
     },
+    # A searcher's raw suggestions that the config uses elsewhere, e.g. a RandAugment magnitude that
+    # a define-by-run space puts into an op spec: any keys, kept for the record, read by nothing.
+    "search": {},
+    "label": None,              # the run's name in a study's tables and figures; seeds of a label pool
     "seed": 0,
     "device": "auto",           # auto | cpu | cuda
     "threads": None,            # torch intra-op threads; default: the trial's CPU count
@@ -157,7 +164,11 @@ def _merge(defaults, given, where):
     merged = copy.deepcopy(defaults)
     for key, value in given.items():
         name = key if where == "config" else f"{where}.{key}"
-        if isinstance(defaults[key], dict):
+        if key == "search" and where == "config":
+            if not isinstance(value, dict):
+                raise UserError(f"search must be a dict of a searcher's raw suggestions, got {value!r}")
+            merged[key] = copy.deepcopy(value)
+        elif isinstance(defaults[key], dict):
             if not isinstance(value, dict):
                 raise UserError(f"{name} must be a dict of {', '.join(defaults[key])}")
             merged[key] = _merge(defaults[key], value, name)

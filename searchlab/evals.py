@@ -107,7 +107,7 @@ def corruption_errors(model, data, cfg):
         errors = {}
         for severity in range(5):
             rows = slice(severity * per_severity, severity * per_severity + n)
-            x = torch.from_numpy(np.ascontiguousarray(images[name][rows])).permute(0, 3, 1, 2)
+            x = torch.from_numpy(np.array(images[name][rows])).permute(0, 3, 1, 2)  # a copy: memmaps are read-only
             y = torch.from_numpy(np.asarray(labels[rows], dtype=np.int64))
             split = Split(x, y).to(device)
             for suffix, (_, acc) in scores(predict, split, data.mean, data.std,

@@ -17,7 +17,7 @@ from searchlab.errors import UserError
 SPEC_DEFAULTS = {
     "param_space": None,        # required
     "metric": "val_acc",        # reported by every epoch of the trainable; optimised by searcher and scheduler
-    "mode": "max",
+    "mode": "max",              # (optuna: lists of metrics and modes search for a Pareto front)
     "trainable": "train",       # sweep.TRAINABLES: what one trial runs
     "num_samples": 1,           # with grid searches: repeats of the whole grid
     "searcher": "grid",         # sweep.SEARCHERS: grid | random | optuna
@@ -29,6 +29,7 @@ SPEC_DEFAULTS = {
     "max_failures": 2,          # retries of a trial whose worker died, from its checkpoint
     "seed": 0,                  # seeds the searcher
     "cka": None,                # CKA comparisons in actors as trials finish: {"cpu": 1, "gpu": 0, "actors": 1}
+    "figures": None,            # after the sweep, figures and tables in EXPERIMENT/figures: sweep.FIGURES
 }
 SPACES_PACKAGE = "search_spaces"
 
@@ -186,7 +187,7 @@ def check(spec, name):
     Every option of every choice of the param space is resolved by the trainable, so that a bad
     model, dataset or op name in any corner of the grid fails here, not hours later in a trial.
     """
-    from searchlab.sweep import SCHEDULERS, SEARCHERS, TRAINABLES, build
+    from searchlab.sweep import FIGURES, SCHEDULERS, SEARCHERS, TRAINABLES, build
 
     if not isinstance(spec, dict):
         raise UserError(f"space() of {name!r} must return a dict with keys {', '.join(SPEC_DEFAULTS)}")
@@ -200,8 +201,9 @@ def check(spec, name):
                                ("scheduler", SCHEDULERS, "schedulers")]:
         if spec[key] not in table:
             raise UserError(f"unknown {key} {spec[key]!r}; valid {plural}: {', '.join(table)}")
-    if spec["mode"] not in ("max", "min"):
-        raise UserError(f"mode must be max or min, got {spec['mode']!r}")
+    objectives = _objectives(spec)
+    if spec["figures"] is not None and spec["figures"] not in FIGURES:
+        raise UserError(f"unknown figures {spec['figures']!r}; valid: {', '.join(FIGURES)}")
     space = spec["param_space"]
     if spec["searcher"] == "optuna":
         if not callable(space):
@@ -213,7 +215,12 @@ def check(spec, name):
     trainable = TRAINABLES[spec["trainable"]]
     for example in examples(space):
         every, at_end = trainable.metrics(trainable.resolve(example))
-        if spec["metric"] not in every:
+        if len(objectives) > 1:  # judged on the last report only
+            missing = [m for m, _ in objectives if m not in every + at_end]
+            if missing:
+                raise UserError(f"metric(s) {', '.join(missing)} are not reported by trainable "
+                                f"{spec['trainable']!r}; it reports: {', '.join(every + at_end)}")
+        elif spec["metric"] not in every:
             late = f" ({spec['metric']} comes only with the last epoch)" if spec["metric"] in at_end else ""
             raise UserError(f"metric {spec['metric']!r} is not reported by every epoch of trainable "
                             f"{spec['trainable']!r}{late}; it reports: {', '.join(every)}")
@@ -222,15 +229,36 @@ def check(spec, name):
     return spec
 
 
+def _objectives(spec):
+    """[(metric, mode)] of the spec: one pair, or several for a multi-objective (Pareto) search."""
+    metrics, modes = spec["metric"], spec["mode"]
+    if isinstance(metrics, (list, tuple)) != isinstance(modes, (list, tuple)) or (
+            isinstance(metrics, (list, tuple)) and len(metrics) != len(modes)):
+        raise UserError(f"metric and mode must both be one name or lists of the same length, got "
+                        f"{metrics!r} and {modes!r}")
+    pairs = list(zip(metrics, modes)) if isinstance(metrics, (list, tuple)) else [(metrics, modes)]
+    for _, mode in pairs:
+        if mode not in ("max", "min"):
+            raise UserError(f"mode must be max or min, got {mode!r}")
+    if len(pairs) > 1 and (spec["searcher"] != "optuna" or spec["scheduler"] != "fifo"):
+        raise UserError("several metrics (a multi-objective search) need searcher optuna and scheduler "
+                        f"fifo, got {spec['searcher']} and {spec['scheduler']}")
+    return pairs
+
+
 def check_data(spec):
     """Fail early, on the driver, when a dataset the sweep needs is not on disk."""
+    from searchlab import corruptions
     from searchlab.data import require
     from searchlab.sweep import TRAINABLES
 
     for example in examples(spec["param_space"]):
-        data = TRAINABLES[spec["trainable"]].resolve(example).get("data")
+        cfg = TRAINABLES[spec["trainable"]].resolve(example)
+        data = cfg.get("data")
         if data:
             require(data["dataset"], data["root"])
+        if "corruptions" in cfg.get("eval", {}).get("every_epoch", []) + cfg.get("eval", {}).get("at_end", []):
+            corruptions.load(data["dataset"], data["root"])
 
 
 def examples(param_space):

@@ -57,6 +57,7 @@ def run(space, args=None, name=None, storage=None, address=None):
         run_config=_run_config(spec, name, storage, experiment),
     )
     tuner.fit()
+    write_figures(spec, experiment)
     return experiment
 
 
@@ -84,6 +85,7 @@ def resume(experiment, address=None):
     if trials_after < trials_before:
         raise RuntimeError(f"resume of {experiment} lost trials ({trials_before} before, "
                            f"{trials_after} after): Tune did not restore the experiment state")
+    write_figures(spec, experiment)
     return experiment
 
 
@@ -110,8 +112,10 @@ def trial_table(experiment):
     varying = [k for k in keys if len({repr(c.get(k)) for c in configs}) > 1]
     results = [t.last_result or {} for t in trials]
     metric, mode = _metric_and_mode(record)
-    best = _best_index(results, metric, mode)
-    metrics = list(dict.fromkeys([*STATUS_METRICS, *([metric] if metric else [])]))
+    objectives = metric if isinstance(metric, list) else [metric] if metric else []
+    # A multi-objective search has a Pareto front (figures), not one best trial.
+    best = _best_index(results, metric, mode) if len(objectives) == 1 else None
+    metrics = list(dict.fromkeys([*STATUS_METRICS, *objectives]))
     rows = []
     for i, (trial, flat, result) in enumerate(zip(trials, configs, results)):
         row = {"trial": str(trial)}
@@ -195,11 +199,13 @@ def _grid(spec):
 
 
 def _optuna(spec, sampler="tpe", **sampler_options):
-    """Optuna's define-by-run search with a seeded ``sampler`` (tpe or random) and its options."""
+    """Optuna's define-by-run search with a seeded ``sampler`` (tpe, random, or nsga2) and its options.
+    With lists of metrics and modes it searches for their Pareto front (tpe and nsga2)."""
     import optuna
     from ray.tune.search.optuna import OptunaSearch
 
-    samplers = {"tpe": optuna.samplers.TPESampler, "random": optuna.samplers.RandomSampler}
+    samplers = {"tpe": optuna.samplers.TPESampler, "random": optuna.samplers.RandomSampler,
+                "nsga2": optuna.samplers.NSGAIISampler}
     if sampler not in samplers:
         raise UserError(f"unknown optuna sampler {sampler!r}; valid samplers: {', '.join(samplers)}")
     return OptunaSearch(space=spec["param_space"], metric=spec["metric"], mode=spec["mode"],
@@ -245,6 +251,27 @@ def build(table, kind, spec):
         raise
     except (TypeError, ValueError) as e:
         raise UserError(f"{kind} {name!r} with {kind}_options {options}: {e}") from e
+
+
+def _splitbn_figures(spec, experiment):
+    from searchlab.analysis.figures import splitbn_figures
+
+    objectives = list(zip(spec["metric"], spec["mode"])) if isinstance(spec["metric"], list) else None
+    return splitbn_figures(experiment, objectives)
+
+
+# name -> figures(spec, experiment): the figures and tables a study writes when its sweep ends
+FIGURES = {"splitbn": _splitbn_figures}
+
+
+def write_figures(spec, experiment):
+    """The spec's figures of the experiment (``searchlab figures`` redoes them); the paths written."""
+    if not spec["figures"]:
+        return []
+    written = FIGURES[spec["figures"]](spec, experiment)
+    if written:
+        print(f"figures and tables: {Path(experiment) / 'figures'}")
+    return written
 
 
 def max_epochs(spec):

@@ -2,6 +2,7 @@
 PGD, and the lambda evaluation against the pure branches."""
 import copy
 
+import numpy as np
 import pytest
 import torch
 import torch.nn as nn
@@ -18,7 +19,7 @@ from searchlab.splitbn import SplitBatchNorm2d, branch, branch_state_dict, conve
 MODELS = ["small_cnn", "resnet20", "wrn28_2", "preactresnet18"]
 
 
-def trained_split(name="resnet20", shared_affine=False, steps=3):
+def trained_split(name="small_cnn", shared_affine=False, steps=3):
     """A split model whose main and aux statistics and weights have moved apart."""
     torch.manual_seed(0)
     model = convert(build_model(name, 10), shared_affine)
@@ -54,7 +55,7 @@ def test_a_trained_main_branch_loads_into_the_plain_model():
     model = trained_split()
     x = torch.randn(5, 3, 32, 32)
     for name in ("main", "aux"):
-        plain = build_model("resnet20", 10)
+        plain = build_model("small_cnn", 10)
         plain.load_state_dict(branch_state_dict(model, name))  # strict
         plain.eval(), model.eval()
         with branch(model, name):
@@ -89,7 +90,7 @@ def test_split_equals_the_halves_through_main_and_aux():
 
 
 def test_shared_affine_shares_one_parameter_and_keeps_two_statistics():
-    plain = build_model("resnet20", 10)
+    plain = build_model("small_cnn", 10)
     model = trained_split(shared_affine=True)
     assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in plain.parameters())
     layer = splitbn.split_layers(model)[0]
@@ -112,7 +113,7 @@ def test_shared_affine_shares_one_parameter_and_keeps_two_statistics():
 
 
 def test_separate_affine_has_its_own_parameters():
-    model = convert(build_model("resnet20", 10))
+    model = convert(build_model("small_cnn", 10))
     layer = splitbn.split_layers(model)[0]
     assert layer.aux.weight is not layer.weight and torch.equal(layer.aux.weight, layer.weight)
 
@@ -169,7 +170,7 @@ def test_splitbn_loss_is_the_weighted_cross_entropy_of_the_two_branches(weight):
 
 def test_splitbn_without_split_is_one_batchnorm_over_both_views():
     torch.manual_seed(0)
-    model = build_model("resnet20", 10).train()
+    model = build_model("small_cnn", 10).train()
     reference = copy.deepcopy(model)
     x, y = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8), torch.randint(0, 10, (4,))
     norm = lambda images: images.float() / 255  # noqa: E731
@@ -211,3 +212,93 @@ def test_splitbn_config_errors_name_the_problem():
         resolve({"regime": "splitbn", "splitbn": {"interpolate": "mean"}})
     with pytest.raises(Exception, match="splitbn mixes no batches"):
         resolve({"regime": "splitbn", "augment": {"mix": {"name": "mixup"}}})
+
+
+# ---- the lambda evaluation -------------------------------------------------------------------------
+
+def fake_data(n=64, seed=0):
+    from searchlab.data import Dataset, Split
+
+    g = torch.Generator().manual_seed(seed)
+    split = lambda: Split(torch.randint(0, 256, (n, 3, 32, 32), generator=g, dtype=torch.uint8),  # noqa: E731
+                          torch.randint(0, 10, (n,), generator=g))
+    return Dataset("fake", 10, split(), split(), split(), torch.full((3,), 0.5), torch.full((3,), 0.25))
+
+
+def branch_models(model):
+    """Plain models that compute the split model's main and aux branch."""
+    plain = {}
+    for name in ("main", "aux"):
+        plain[name] = build_model("small_cnn", 10).eval()
+        plain[name].load_state_dict(branch_state_dict(model, name))
+    return plain
+
+
+def test_every_lambda_from_two_forward_passes_and_the_ends_equal_the_branches():
+    from searchlab.data import normalize
+    from searchlab.evals import clean
+
+    model, data = trained_split(), fake_data()
+    cfg = resolve({"regime": "splitbn", "splitbn": {"lambda": 0.25}})
+    calls = []
+    model.register_forward_hook(lambda *args: calls.append(1))
+    metrics = clean(model, data, cfg)
+    assert len(calls) == 2 * 2  # val and test, one batch each: main and aux, whatever the lambdas
+    plain = branch_models(model)
+    x = normalize(data.test.x, data.mean, data.std)
+    with torch.no_grad():
+        logits = {name: m(x) for name, m in plain.items()}
+    accuracy = lambda z: (z.argmax(1) == data.test.y).float().mean().item()  # noqa: E731
+    assert metrics["test_acc@lam0"] == accuracy(logits["main"])
+    assert metrics["test_acc@lam1"] == accuracy(logits["aux"])
+    assert metrics["test_loss@lam1"] == pytest.approx(F.cross_entropy(logits["aux"], data.test.y).item(), rel=1e-5)
+    for lam in (0.25, 0.5, 0.75):
+        mixed = (1 - lam) * logits["main"].softmax(1) + lam * logits["aux"].softmax(1)
+        assert metrics[f"test_acc@lam{lam:g}"] == accuracy(mixed)
+        assert metrics[f"test_loss@lam{lam:g}"] == pytest.approx(
+            F.nll_loss(mixed.log(), data.test.y).item(), rel=1e-4)
+    # The trial's own lambda gives the plain names.
+    assert metrics["test_acc"] == metrics["test_acc@lam0.25"] and metrics["val_loss"] == metrics["val_loss@lam0.25"]
+
+
+def write_fake_c(root, data, per_severity):
+    """A CIFAR-10-C layout of the fake test images, each corruption a different brightness shift."""
+    from searchlab import corruptions
+
+    folder = root / "fake-c"
+    folder.mkdir(parents=True)
+    x = data.test.x[:per_severity].permute(0, 2, 3, 1).numpy()
+    for i, name in enumerate(corruptions.CORRUPTIONS):
+        shifted = [(x.astype(int) + 7 * i * s).clip(0, 255).astype("uint8") for s in range(1, 6)]
+        np.save(folder / f"{name}.npy", np.concatenate(shifted))
+    np.save(folder / "labels.npy", np.tile(data.test.y[:per_severity].numpy(), 5))
+    return folder
+
+
+def test_corruption_error_per_corruption_and_lambda_against_the_plain_branches(tmp_path):
+    from searchlab import corruptions
+    from searchlab.data import normalize
+    from searchlab.evals import corruption_errors
+
+    model, data = trained_split(), fake_data()
+    write_fake_c(tmp_path, data, per_severity=16)
+    cfg = resolve({"regime": "splitbn", "data": {"root": str(tmp_path)},
+                   "corruptions": {"images": 10}})
+    cfg["data"]["dataset"] = "fake"  # resolve knows only real dataset names
+    metrics = corruption_errors(model, data, cfg)
+    plain = branch_models(model)
+    images, labels = corruptions.load("fake", str(tmp_path))
+    for lam, branch_name in ((0, "main"), (1, "aux")):
+        errors = []
+        for name in corruptions.CORRUPTIONS:
+            wrong = 0
+            for severity in range(5):
+                rows = slice(16 * severity, 16 * severity + 10)
+                x = torch.from_numpy(images[name][rows]).permute(0, 3, 1, 2)
+                with torch.no_grad():
+                    pred = plain[branch_name](normalize(x, data.mean, data.std)).argmax(1)
+                wrong += (pred != torch.from_numpy(labels[rows]).long()).sum().item()
+            errors.append(wrong / 50)
+            assert metrics[f"uce_{name}@lam{lam}"] == pytest.approx(errors[-1], abs=1e-12)
+        assert metrics[f"uce@lam{lam}"] == pytest.approx(np.mean(errors), abs=1e-12)
+    assert metrics["uce"] == metrics["uce@lam0"]
