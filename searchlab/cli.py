@@ -133,6 +133,13 @@ def cmd_data_prepare(a):
     return 0
 
 
+def cmd_data_corrupt(a):
+    from searchlab.corruptions import build
+
+    print(f"wrote {build(a.dataset, a.root, seed=a.seed, severities=a.severities)}")
+    return 0
+
+
 def cmd_augment_show(a):
     import torch
     from torchvision.io import write_png
@@ -254,6 +261,14 @@ def build_parser():
     p.add_argument("--root", help="data folder: the dataset is written to ROOT/DATASET/*.npy "
                                   "(default: $SEARCHLAB_DATA)")
     p.set_defaults(run=cmd_data_prepare)
+    p = data_sub.add_parser("corrupt", help="write the CIFAR-10-C corruptions of a dataset's test split")
+    p.add_argument("dataset", help="the dataset whose test split is corrupted (cifar10, cifar100)")
+    p.add_argument("--root", help="data folder: reads ROOT/DATASET/test_*.npy, writes ROOT/DATASET-c/*.npy "
+                                  "(default: $SEARCHLAB_DATA)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random corruptions (default: 0)")
+    p.add_argument("--severities", type=int, nargs="+", default=[1, 2, 3, 4, 5],
+                   help="severity blocks to write, in this order (default: 1 2 3 4 5, the official layout)")
+    p.set_defaults(run=cmd_data_corrupt)
     return parser
 
 
