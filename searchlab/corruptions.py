@@ -263,7 +263,7 @@ def _pil_box_resize(x, size):
     def one_pass(v, matrix):  # along the last axis
         m = torch.from_numpy(matrix).to(v.device)
         acc = v.double() @ m.T + (1 << 21)
-        return torch.div(acc, 1 << 22, rounding_mode="floor").clamp(0, 255)
+        return torch.floor(acc * 2.0 ** -22).clamp(0, 255)  # >> 22; scaling by 2^-22 is exact
 
     horizontal = one_pass(x, _pil_box_matrix(x.shape[-1], size))
     vertical = one_pass(horizontal.transpose(-1, -2), _pil_box_matrix(x.shape[-2], size))
