@@ -100,6 +100,24 @@ def cmd_cka(a):
     return 0
 
 
+def cmd_figures(a):
+    from searchlab import spaces
+
+    _existing(a.experiment)
+    sweep = _sweep(a)
+    record = sweep.read_record(a.experiment)
+    spec = spaces.load(record["space"], record["args"])
+    if not spec["figures"]:
+        raise UserError(f"search space {record['space']!r} names no figures; valid: "
+                        f"{', '.join(sweep.FIGURES)} (the spec's \"figures\" key)")
+    written = sweep.write_figures(spec, a.experiment)
+    if not written:
+        raise UserError(f"no finished trials in {a.experiment} to draw")
+    for path in written:
+        print(path)
+    return 0
+
+
 def cmd_tensorboard(a):
     _existing(a.experiment)
     command = [sys.executable, "-m", "tensorboard.main", "--logdir", a.experiment, "--port", str(a.port)]
@@ -236,6 +254,10 @@ def build_parser():
     p.add_argument("experiment", help=EXPERIMENT_HELP + "; its trials set cka.label (e.g. space cka_study)")
     p.add_argument("--force", action="store_true", help="recompute comparisons already on disk")
     p.set_defaults(run=cmd_cka)
+
+    p = sub.add_parser("figures", help="(re)draw the figures and tables of an experiment's study")
+    p.add_argument("experiment", help=EXPERIMENT_HELP + "; its space names figures (e.g. space splitbn)")
+    p.set_defaults(run=cmd_figures)
 
     p = sub.add_parser("tensorboard", help="open TensorBoard on an experiment")
     p.add_argument("experiment", help=EXPERIMENT_HELP + ", or a storage folder to see all its experiments")

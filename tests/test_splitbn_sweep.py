@@ -1,11 +1,12 @@
 """The split-BN study end to end: a real sweep of the bundled space at test size writes every figure
 and table, and every trial reports every lambda."""
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
 
-from searchlab import checkpoint, corruptions, sweep
+from searchlab import checkpoint, cli, corruptions, sweep
 
 SPACE = Path(__file__).parent / "spaces" / "splitbn_tiny.py"
 
@@ -54,3 +55,8 @@ def test_the_splitbn_space_writes_every_figure_and_table(tmp_path, cifar_data, r
         assert (figures / name).stat().st_size > 100, name
     table = (figures / "table.md").read_text()
     assert "splitbn" in table and "randaugment" in table
+
+    # `searchlab figures` draws them again from the experiment alone.
+    shutil.rmtree(figures)
+    assert cli.main(["figures", str(experiment)]) == 0
+    assert (figures / "lambda.png").is_file() and (figures / "table.csv").is_file()
