@@ -399,7 +399,7 @@ def zoom_blur(x, severity, generator=None):
     zooms = ZOOM_BLUR[_check(x, severity)]
     # float32 image as the original (astype(np.float32)). scipy's zoom computes each zoomed copy in
     # double and stores it float32; the original then adds the copies one by one in float32. Both
-    # roundings matter: at severity 1 most sums land within 1e-6 of an integer, where truncation
+    # roundings matter: at severity 1 many sums land within 1e-6 of an integer, where truncation
     # decides. So every copy is a float64 product (rows: one GEMM for all zooms; columns: one
     # batched GEMM), rounded to float32, and summed in the original's order.
     mats = torch.from_numpy(np.stack([_zoom_matrix(32, float(z)) for z in zooms])).to(x.device)
@@ -445,15 +445,15 @@ def _snow_apply(x, severity, draws):
     return _to_uint8((v.double() + layer + layer.flip(-1, -2)).clamp(0, 1) * 255)
 
 
-# Synthetic frost: (height, width, per-channel mean, per-channel std) of make_cifar_c.py's
-# frost1.png ... frost5.jpg after its cv2.resize(fx=0.2, fy=0.2), measured on the files of the
-# robustness repository (frost2.png and frost3.png are the same photograph). frost6.jpg is never
-# used: the original draws np.random.randint(5).
-FROST_TEXTURES = [((120, 180), (77.7, 149.1, 165.7), (22.6, 14.0, 13.0)),
-                  ((63, 112), (200.8, 205.4, 214.5), (17.4, 18.2, 18.7)),
-                  ((63, 112), (200.8, 205.4, 214.5), (17.4, 18.2, 18.7)),
-                  ((70, 105), (137.6, 152.8, 165.2), (21.0, 21.0, 22.5)),
-                  ((99, 132), (112.4, 123.4, 134.7), (36.5, 35.1, 33.3))]
+# Synthetic frost: (height, width), per-channel mean and per-channel std of make_cifar_c.py's
+# frost1.png ... frost5.jpg after its cv2.resize(fx=0.2, fy=0.2) (bilinear, no antialiasing),
+# measured on the files of the robustness repository (frost2.png and frost3.png hold the same
+# picture). frost6.jpg is never used: the original draws np.random.randint(5).
+FROST_TEXTURES = [((120, 180), (77.5, 149.0, 165.7), (26.8, 16.4, 15.3)),
+                  ((63, 112), (200.8, 205.4, 214.5), (21.4, 22.1, 22.6)),
+                  ((63, 112), (200.8, 205.4, 214.5), (21.4, 22.1, 22.6)),
+                  ((70, 105), (138.0, 153.2, 165.6), (29.0, 29.0, 30.2)),
+                  ((99, 132), (112.3, 123.3, 134.7), (44.3, 43.2, 41.6))]
 
 
 @functools.cache
@@ -596,7 +596,10 @@ def brightness(x, severity, generator=None):
 def contrast(x, severity, generator=None):
     c = CONTRAST[_check(x, severity)]
     v = _unit(x)
-    means = v.mean(dim=(2, 3), keepdim=True)
+    # np.mean over axes (0, 1) of an (H, W, C) array adds the H * W values of a channel one after
+    # the other (numpy's pairwise summation only runs along a contiguous inner axis), then divides;
+    # a sequential cumulative sum reproduces those roundings, which truncation can expose.
+    means = (v.flatten(2).cumsum(-1)[..., -1:] / (v.shape[2] * v.shape[3]))[..., None]
     return _to_uint8(((v - means) * c + means).clamp(0, 1) * 255)
 
 

@@ -209,7 +209,9 @@ def warp_affine(img, M):
 def gaussian_noise(x, severity, draws):
     c = [0.04, 0.06, .08, .09, .10][severity - 1]
     x = np.array(x) / 255.
-    return np.uint8(np.clip(x + c * draws["normal"], 0, 1) * 255)
+    # np.random.normal draws float64; draws given in float32 are widened first, so that c * z is
+    # computed in float64 as in the original
+    return np.uint8(np.clip(x + c * np.asarray(draws["normal"], dtype=np.float64), 0, 1) * 255)
 
 
 def shot_noise(x, severity, rng):
