@@ -52,13 +52,18 @@ def load_module(name):
         # Registered under a stable module name so that pickled define-by-run functions resolve
         # again when the sweep is resumed from this same file.
         module_name = f"{SPACES_PACKAGE}_file_{path.stem}"
-        spec = importlib.util.spec_from_file_location(module_name, path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[module_name] = module
-        try:
-            spec.loader.exec_module(module)
-        except Exception as e:
-            raise UserError(f"search space {name} failed to import: {type(e).__name__}: {e}") from e
+        # Imported once per process, as a bundled space is: a second import would make new
+        # functions, and Tune could no longer pickle the define-by-run function of the first.
+        module = sys.modules.get(module_name)
+        if module is None or getattr(module, "__file__", None) != str(path):
+            spec = importlib.util.spec_from_file_location(module_name, path)
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[module_name] = module
+            try:
+                spec.loader.exec_module(module)
+            except Exception as e:
+                del sys.modules[module_name]
+                raise UserError(f"search space {name} failed to import: {type(e).__name__}: {e}") from e
     else:
         if name not in available():
             raise UserError(f"unknown search space {name!r}; valid search spaces: "

@@ -29,7 +29,7 @@ def test_bundled_spaces_load_and_are_valid():
     assert {"quickstart", "baseline", "optuna_lr_wd"} <= set(spaces.available())
     for name in spaces.available():
         spec = spaces.load(name)
-        assert spec["metric"] == "val_acc"
+        assert spec["metric"] == ("val_acc" if name != "splitbn_pareto" else ["best_val_acc", "uce_at_best"])
     smoke = spaces.load("baseline", {"smoke": True})["param_space"]
     assert smoke["data"]["train_size"] == 5000 and smoke["model"]["name"] == {"grid_search": ["resnet20"]}
 

@@ -9,6 +9,7 @@ import numpy as np
 from searchlab import checkpoint, cli, corruptions, sweep
 
 SPACE = Path(__file__).parent / "spaces" / "splitbn_tiny.py"
+PARETO = Path(__file__).parent / "spaces" / "splitbn_pareto_tiny.py"
 
 
 def corrupted_root(tmp_path, cifar_data, per_severity=8):
@@ -60,3 +61,25 @@ def test_the_splitbn_space_writes_every_figure_and_table(tmp_path, cifar_data, r
     shutil.rmtree(figures)
     assert cli.main(["figures", str(experiment)]) == 0
     assert (figures / "lambda.png").is_file() and (figures / "table.csv").is_file()
+
+
+def test_the_pareto_space_searches_two_objectives_and_draws_their_front(tmp_path, cifar_data, ray_session):
+    import csv
+
+    root = corrupted_root(tmp_path, cifar_data)
+    experiment = sweep.run(str(PARETO), {"root": str(root)}, name="pareto", storage=str(tmp_path / "results"))
+    points = {}
+    for trial_dir in sorted(Path(experiment).glob("train_*")):
+        record = checkpoint.read_record(checkpoint.newest(trial_dir))
+        config, metrics = record["config"], record["metrics"]
+        # The searcher's raw suggestions went into the aux pipeline's RandAugment op.
+        op = config["splitbn"]["aux"][-1]
+        assert (op["n"], op["m"]) == (config["search"]["aux_n"], config["search"]["aux_m"])
+        points[trial_dir.name] = (metrics["best_val_acc"], metrics["uce_at_best"])
+    assert len(points) == 3
+    # The front: trials that no other trial beats on both objectives (higher accuracy, lower uCE).
+    front = {name for name, (acc, uce) in points.items()
+             if not any(a >= acc and u <= uce and (a, u) != (acc, uce) for a, u in points.values())}
+    with open(Path(experiment) / "figures" / "pareto.csv") as f:
+        assert {row["trial"] for row in csv.DictReader(f)} == front
+    assert (Path(experiment) / "figures" / "pareto.png").stat().st_size > 1000
