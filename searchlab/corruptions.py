@@ -11,7 +11,8 @@ skimage.filters.gaussian (scipy's gaussian_filter: weights, truncation and bound
 filter2D / GaussianBlur / warpAffine (fixed-point 1/32-pixel coordinates) / cvtColor,
 scipy.ndimage.zoom and map_coordinates (order 1), skimage's rgb2hsv / hsv2rgb, PIL's BOX resize
 (22-bit fixed point, horizontal pass then vertical) and ImageMagick's MotionBlurImage (through
-Wand). The original's outputs are float arrays cast with ``np.uint8`` after clipping, i.e.
+Wand); JPEG goes through torchvision.io, which gives PIL's pixels. The original's glass-blur
+"swap" is, on numpy views, a copy of the neighbour; that is what it computes and what this does. The original's outputs are float arrays cast with ``np.uint8`` after clipping, i.e.
 truncated, and so are ours. tests/test_corruptions.py compares every corruption with an
 independent per-image numpy/PIL/scipy port (tests/cifar_c_reference.py).
 
