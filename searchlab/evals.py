@@ -99,20 +99,20 @@ def corruption_errors(model, data, cfg):
     its five severities (``uce_<corruption>``), and their mean (``uce``); on the first
     ``corruptions.images`` images of each severity (None: all)."""
     images, labels = corruptions.load(cfg["data"]["dataset"], cfg["data"]["root"])
-    per_severity = len(labels) // 5
-    n = min(cfg["corruptions"]["images"] or per_severity, per_severity)
+    per_severity = len(labels) // len(corruptions.SEVERITIES)
+    severities = corruptions.severity_slices(len(labels), min(cfg["corruptions"]["images"] or per_severity,
+                                                              per_severity))
     device, predict = data.mean.device, predictor(model, cfg)
     metrics = {}
     for name in corruptions.CORRUPTIONS:
         errors = {}
-        for severity in range(5):
-            rows = slice(severity * per_severity, severity * per_severity + n)
+        for rows in severities:
             x = torch.from_numpy(np.array(images[name][rows])).permute(0, 3, 1, 2)  # a copy: memmaps are read-only
             y = torch.from_numpy(np.asarray(labels[rows], dtype=np.int64))
             split = Split(x, y).to(device)
             for suffix, (_, acc) in scores(predict, split, data.mean, data.std,
                                            cfg["corruptions"]["batch_size"]).items():
-                errors[suffix] = errors.get(suffix, 0.0) + (1 - acc) / 5
+                errors[suffix] = errors.get(suffix, 0.0) + (1 - acc) / len(severities)
         for suffix, error in errors.items():
             metrics[f"uce_{name}{suffix}"] = error
     for suffix, _ in heads(cfg):

@@ -294,7 +294,7 @@ def test_corruption_error_per_corruption_and_lambda_against_the_plain_branches(t
             wrong = 0
             for severity in range(5):
                 rows = slice(16 * severity, 16 * severity + 10)
-                x = torch.from_numpy(images[name][rows]).permute(0, 3, 1, 2)
+                x = torch.from_numpy(np.array(images[name][rows])).permute(0, 3, 1, 2)
                 with torch.no_grad():
                     pred = plain[branch_name](normalize(x, data.mean, data.std)).argmax(1)
                 wrong += (pred != torch.from_numpy(labels[rows]).long()).sum().item()
