@@ -12,8 +12,8 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from searchlab.data import batches, normalize
 from searchlab import splitbn
+from searchlab.data import batches, normalize
 from searchlab.regimes import REGIMES
 
 

@@ -42,6 +42,8 @@ def parse_args(argv=None):
     parser.add_argument("--images", type=int, default=500, help="images per evaluation set (val, test, each "
                         "corruption and severity)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--only", choices=("step", "sweep"), help="run one of the two (the load average "
+                        "the first leaves would flag the second as measured under load)")
     return parser.parse_args(argv)
 
 
@@ -83,6 +85,13 @@ def main(argv=None):
             step(plain, optimizers["plain"], standard, x, y, weak, generator)
             step(plain, optimizers["plain"], standard, x, y, strong, generator)
 
+    if args.only != "sweep":
+        step_benchmark(args, split_steps, two_standard_steps)
+    if args.only != "step":
+        sweep_benchmark(args, cfg, data, split, norm)
+
+
+def step_benchmark(args, split_steps, two_standard_steps):
     steps = interleave({"two standard steps": two_standard_steps, "splitbn step": split_steps}, args.rounds)
     print(f"{args.model}, batch {args.batch_size} (+ its strong view), {args.steps} steps per run, "
           f"{args.threads} threads, {args.rounds} interleaved rounds")
@@ -94,7 +103,9 @@ def main(argv=None):
     for line in steps.load_lines():
         print(line)
 
-    # ---- 2. the lambda sweep -------------------------------------------------------------------
+
+def sweep_benchmark(args, cfg, data, split, norm):
+    s = cfg["splitbn"]
     split.eval()
     images, labels = corruptions.load("cifar10")
     per_severity = len(labels) // 5
