@@ -208,6 +208,10 @@ def _optuna(spec, sampler="tpe", **sampler_options):
                 "nsga2": optuna.samplers.NSGAIISampler}
     if sampler not in samplers:
         raise UserError(f"unknown optuna sampler {sampler!r}; valid samplers: {', '.join(samplers)}")
+    if isinstance(spec["metric"], list):
+        # Objectives such as uce_at_best come with the last epoch only. Optuna judges a trial by its
+        # last report, but Tune would reject every earlier report that lacks them.
+        os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
     return OptunaSearch(space=spec["param_space"], metric=spec["metric"], mode=spec["mode"],
                         sampler=samplers[sampler](seed=spec["seed"], **sampler_options))
 
