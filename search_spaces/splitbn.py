@@ -1,7 +1,7 @@
 """Split BatchNorm for weak and strong augmentations (DESIGN.md section 2, study 2), table by table.
 
     searchlab data corrupt cifar10                          # once: CIFAR-10-C-style data for uCE
-    searchlab sweep splitbn --arg table=3 --arg smoke=True  # the ablations, ResNet-20 on 1k images, 1 seed: ~4 min on 2 CPUs
+    searchlab sweep splitbn --arg table=3 --arg smoke=True  # the ablations, ResNet-20 on 1k images, 1 seed: ~6 min on 2 CPUs (6m04s measured)
     searchlab sweep splitbn --arg table=1                   # main-branch augmentations, WRN-28-2, 200 epochs, 10 seeds
     searchlab sweep splitbn --arg table=4 --arg seeds=3
 

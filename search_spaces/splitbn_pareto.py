@@ -2,7 +2,7 @@
 strength and lambda (split BatchNorm, DESIGN.md section 2, study 2).
 
     searchlab data corrupt cifar10                        # once: CIFAR-10-C-style data for uCE
-    searchlab sweep splitbn_pareto --arg smoke=True       # 6 trials, ResNet-20 on 1k images: ~4 min on 2 CPUs
+    searchlab sweep splitbn_pareto --arg smoke=True       # 6 trials, ResNet-20 on 1k images: ~4 min on 2 CPUs (3m54s measured)
     searchlab sweep splitbn_pareto --arg trials=60        # WRN-28-2, 200 epochs
     searchlab sweep splitbn_pareto --arg sampler=tpe      # Optuna's multi-objective TPE instead of NSGA-II
 

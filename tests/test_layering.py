@@ -59,7 +59,7 @@ def test_the_check_catches_an_upward_import(tmp_path):
 
 
 def test_analysis_reads_checkpoints_through_the_checkpoint_module():
-    for name in ("analysis.study", "analysis.actors"):
+    for name in ("analysis.study", "analysis.actors", "analysis.figures"):
         for path in module_files(name):
             source = path.read_text()
             assert "searchlab.trainable" not in imports(path)
