@@ -60,6 +60,10 @@ TABLES = {
 }
 
 EVALS = {"every_epoch": ["clean"], "at_end": ["corruptions", "fourier", "lowpass"]}
+DATA = {"dataset": "cifar10", "val_size": 5000}
+# Smoke size: fewer images to train on and to evaluate (uCE on 100 images per severity).
+SMOKE_DATA = {**DATA, "train_size": 1000, "val_size": 500, "test_size": 500}
+SMOKE_EVALS = {"corruptions": {"images": 100}, "fourier": {"images": 20}, "lowpass": {"images": 100}}
 
 
 def space(table: int = 3, smoke: bool = False, seeds: int = 10, model: str = "wrn28_2", epochs: int = 200,
@@ -72,19 +76,14 @@ def space(table: int = 3, smoke: bool = False, seeds: int = 10, model: str = "wr
         raise ValueError(f"unknown label(s) {', '.join(sorted(unknown))} for table {table}; valid: {', '.join(runs)}")
     if smoke:
         seeds, model, epochs = 1, "resnet20", 2
-    data = {"dataset": "cifar10", "val_size": 5000}
-    sizes = {}
-    if smoke:
-        data = {**data, "train_size": 1000, "val_size": 500, "test_size": 500}
-        sizes = {"corruptions": {"images": 100}, "fourier": {"images": 20}, "lowpass": {"images": 100}}
     return {
         "param_space": {
-            "data": data,
+            "data": SMOKE_DATA if smoke else DATA,
             "model": {"name": model},
             "optim": {"lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4, "batch_size": 128,
                       "epochs": epochs, "schedule": "cosine"},
             "eval": EVALS,
-            **sizes,
+            **(SMOKE_EVALS if smoke else {}),
             "variant": tune.grid_search([{"label": label, **run} for label, run in runs.items()
                                          if not labels or label in labels]),
             "seed": tune.grid_search(list(range(seeds))),

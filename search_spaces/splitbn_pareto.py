@@ -14,6 +14,7 @@ and pareto.csv (every trial still reports every lambda of 0, 0.25, ..., 1, see t
 """
 from functools import partial
 
+from search_spaces.splitbn import DATA, SMOKE_DATA, SMOKE_EVALS
 from searchlab.spaces import flatten
 
 OBJECTIVES = {"best_val_acc": "max", "uce_at_best": "min"}
@@ -25,13 +26,8 @@ def define(trial, model, epochs, smoke):
     n = trial.suggest_int("search/aux_n", 1, 3)
     m = trial.suggest_int("search/aux_m", 0, 30)
     trial.suggest_float("splitbn/lambda", 0.0, 1.0)
-    data = {"dataset": "cifar10", "val_size": 5000}
-    sizes = {}
-    if smoke:
-        data = {**data, "train_size": 1000, "val_size": 500, "test_size": 500}
-        sizes = {"corruptions": {"images": 100}, "fourier": {"images": 20}, "lowpass": {"images": 100}}
     return flatten({
-        "data": data,
+        "data": SMOKE_DATA if smoke else DATA,
         "model": {"name": model},
         "optim": {"lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4, "batch_size": 128,
                   "epochs": epochs, "schedule": "cosine"},
@@ -39,7 +35,7 @@ def define(trial, model, epochs, smoke):
         "splitbn": {"main": "standard", "aux": [{"op": "flip", "p": 0.5}, {"op": "pad_crop", "padding": 4},
                                                 {"op": "randaugment", "n": n, "m": m}]},
         "eval": {"every_epoch": ["clean"], "at_end": ["corruptions", "lowpass"]},
-        **sizes,
+        **(SMOKE_EVALS if smoke else {}),
     })
 
 
