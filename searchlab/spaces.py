@@ -52,12 +52,13 @@ def load_module(name):
         # Registered under a stable module name so that pickled define-by-run functions resolve
         # again when the sweep is resumed from this same file.
         module_name = f"{SPACES_PACKAGE}_file_{path.stem}"
-        # Imported once per process, as a bundled space is: a second import would make new
-        # functions, and Tune could no longer pickle the define-by-run function of the first.
-        module = sys.modules.get(module_name)
-        if module is None or getattr(module, "__file__", None) != str(path):
+        # Imported again only when the file changed: a second import of the same source would make
+        # new functions, and Tune could no longer pickle the define-by-run function of the first.
+        module, source = sys.modules.get(module_name), path.read_text()
+        if getattr(module, "__file__", None) != str(path) or getattr(module, "_searchlab_source", None) != source:
             spec = importlib.util.spec_from_file_location(module_name, path)
             module = importlib.util.module_from_spec(spec)
+            module._searchlab_source = source
             sys.modules[module_name] = module
             try:
                 spec.loader.exec_module(module)

@@ -2,14 +2,16 @@
 each tested by looping over it, and the spec keys that name their entries."""
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from searchlab import spaces, sweep
 from searchlab.config import resolve
-from searchlab.data import load_dataset, normalize
+from searchlab.data import Dataset, Split, load_dataset, normalize
 from searchlab.errors import UserError
-from searchlab.evals import EVALS
+from searchlab.corruptions import CORRUPTIONS
+from searchlab.evals import EVALS, numbers_and_arrays
 from searchlab.models import build_model
 
 TINY_CKA = str(Path(__file__).parent / "spaces" / "tiny_cka.py")
@@ -22,14 +24,25 @@ def write_space(tmp_path, spec_source):
 
 
 @pytest.mark.parametrize("name", EVALS)
-def test_every_evaluation_returns_the_metrics_it_declares(name):
-    data = load_dataset("digits")
+def test_every_evaluation_returns_the_metrics_it_declares(name, tmp_path):
+    g = torch.Generator().manual_seed(0)
+    split = lambda n: Split(torch.randint(0, 256, (n, 3, 32, 32), generator=g, dtype=torch.uint8),  # noqa: E731
+                            torch.randint(0, 10, (n,), generator=g))
+    data = Dataset("fake", 10, split(16), split(16), split(16), torch.full((3,), 0.5), torch.full((3,), 0.25))
     torch.manual_seed(0)
-    model = build_model("small_cnn", 10, in_channels=1)
-    cfg = resolve({"eval": {"every_epoch": [name]}})
-    metrics = EVALS[name].run(model, data, cfg)
-    assert list(metrics) == list(EVALS[name].metrics(cfg))
-    assert all(isinstance(v, float) for v in metrics.values())
+    model = build_model("small_cnn", 10)
+    # Its test images in the CIFAR-10-C layout (5 severity blocks), for the corruptions evaluation.
+    (tmp_path / "cifar10-c").mkdir()
+    images = data.test.x[:4].permute(0, 2, 3, 1).numpy()
+    for corruption in CORRUPTIONS:
+        np.save(tmp_path / "cifar10-c" / f"{corruption}.npy", np.concatenate([images] * 5))
+    np.save(tmp_path / "cifar10-c" / "labels.npy", np.tile(data.test.y[:4].numpy(), 5))
+    cfg = resolve({"data": {"dataset": "cifar10", "root": str(tmp_path)}, "eval": {"at_end": [name]},
+                   "fourier": {"images": 2}, "lowpass": {"images": 8}})
+    numbers, arrays = numbers_and_arrays(EVALS[name].run(model, data, cfg))
+    assert list(numbers) == list(EVALS[name].metrics(cfg))
+    assert all(isinstance(v, float) for v in numbers.values())
+    assert all(a.ndim in (1, 2) for a in arrays.values())
 
 
 def test_clean_evaluation_is_accuracy_and_loss_of_the_logits():
@@ -47,7 +60,7 @@ def test_clean_evaluation_is_accuracy_and_loss_of_the_logits():
 
 
 @pytest.mark.parametrize("eval_group, message", [
-    ({"every_epoch": ["robust"]}, r"unknown eval.every_epoch entry 'robust'; valid: clean"),
+    ({"every_epoch": ["robust"]}, r"unknown eval.every_epoch entry 'robust'; valid: clean, corruptions, fourier"),
     ({"at_end": "clean"}, r"eval.at_end must be a list of evaluation names"),
     ({"select": "val_accuracy"}, r"unknown eval.select 'val_accuracy'; valid: val_loss, val_acc, test_loss, test_acc"),
     ({"mode": "maximum"}, r"unknown eval.mode 'maximum'; valid: max, min"),
