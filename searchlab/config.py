@@ -82,10 +82,7 @@ DEFAULTS = {
         "images": 500,          # test images (the first ones)
     },
     "cka": {                    # this trial's part in a CKA study (searchlab/analysis)
-        # A searcher's raw suggestions that the config uses elsewhere, e.g. a RandAugment magnitude that
-    # a define-by-run space puts into an op spec: any keys, kept for the record, read by nothing.
-    "search": {},
-    "label": None,          # its name in the study, e.g. "none1", "cutout"; None: not in one
+        "label": None,          # its name in the study, e.g. "none1", "cutout"; None: not in one
         "group": None,          # trials compared with each other share a group (e.g. the model)
         "references": ["none1", "none2"],  # labels of the group's two unaugmented runs
         "images": 2048,         # validation images the comparisons use
