@@ -75,6 +75,11 @@ def read_record(folder):
     return record
 
 
+def read_history(folder):
+    """Every epoch's metrics up to the checkpoint in ``folder``, in order (from state.pt)."""
+    return load_state(folder)["history"]
+
+
 def read_arrays(folder):
     """{name: array} of the checkpoint in ``folder``; empty when it holds none."""
     path = os.path.join(folder, ARRAYS)

@@ -25,6 +25,7 @@ DEFAULTS = {
     "model": {
         "name": "small_cnn",
         "weights": None,        # path to a local state_dict (e.g. ImageNet weights)
+        "dropout": 0.0,         # between a block's convs, for the models that have it (wide ResNets)
     },
     "optim": {
         "lr": 0.1,
@@ -59,12 +60,20 @@ DEFAULTS = {
         "lambda": 0.0,          # this trial's own: its val_acc, test_acc, best epoch (0: main branch)
         "interpolate": "probs",  # probs | logits: what the two branches' predictions mix
     },
+    "refine": {                 # refinement (He et al.), DESIGN.md study 3: the last phase, without intensive augmentation
+        "epochs": 0,            # T2: epochs appended after the optim.epochs (T1) ...
+        "start_epoch": None,    # ... or the epoch it starts at within optim.epochs (a fixed budget)
+        "pipeline": "standard",  # its augmentation (a preset or op specs); "none": no augmentation at all
+        "lr": "final",          # "final": the schedule's last rate (a step schedule's last stage) | a number
+        "gradual": False,       # True: the intensity decays linearly to 0 over the refinement epochs instead
+    },
     # Later phases of training: each {"start_epoch": E, "augment": {...}, "regime": NAME} takes over
     # once E epochs have been trained (train.phase_at); what it leaves out stays as before.
     "phases": [],
     "eval": {
         "every_epoch": ["clean"],   # evaluations after every epoch (evals.EVALS)
-        "at_end": [],           # evaluations of the best model after the last epoch: <metric>_at_best
+        "at_end": [],           # evaluations after the last epoch, of each model in at_end_models ...
+        "at_end_models": ["best"],  # ... best (the epoch select picked): <metric>_at_best | last: <metric>_at_last
         "select": "val_acc",    # the every-epoch metric that picks the best epoch ...
         "mode": "max",          # ... and whether higher (max) or lower (min) is better
     },
@@ -80,6 +89,13 @@ DEFAULTS = {
     },
     "lowpass": {                # eval lowpass: accuracy under low-pass filters of width 1..size
         "images": 500,          # test images (the first ones)
+    },
+    "train_clean": {            # eval train_clean: loss and accuracy on training images, unaugmented, eval mode
+        "images": 5000,         # the first ones of the training split (fixed by data.split_seed)
+    },
+    "spectrum": {               # eval spectrum: singular values of the penultimate features' covariance
+        "images": 5000,         # the first training images (unaugmented), all classes ...
+        "class": 0,             # ... and of them the ones of this class: spectrum_all, spectrum_class<C>
     },
     "cka": {                    # this trial's part in a CKA study (searchlab/analysis)
         "label": None,          # its name in the study, e.g. "none1", "cutout"; None: not in one
@@ -114,7 +130,11 @@ def resolve(config):
     _one_of("model.name", cfg["model"]["name"], models.MODELS)
     _one_of("optim.schedule", cfg["optim"]["schedule"], SCHEDULES)
     _one_of("device", cfg["device"], ("auto", "cpu", "cuda"))
+    if cfg["model"]["dropout"] and cfg["model"]["name"] not in models.DROPOUT_MODELS:
+        raise UserError(f"model {cfg['model']['name']!r} has no dropout; models with model.dropout: "
+                        f"{', '.join(models.DROPOUT_MODELS)}")
     cfg["phases"] = _phases(cfg["phases"], cfg["optim"]["epochs"])
+    _refine(cfg["refine"], cfg["optim"])
     for phase in phases(cfg):
         augment.validate(phase.pipeline, phase.mix)
         regimes.check(phase.regime, cfg.get(phase.regime, {}), phase.pipeline, phase.mix)
@@ -124,6 +144,8 @@ def resolve(config):
             raise UserError(f"eval.{key} must be a list of evaluation names, got {ev[key]!r}")
         for name in ev[key]:
             _one_of(f"eval.{key} entry", name, EVALS)
+    if not isinstance(ev["at_end_models"], (list, tuple)) or not set(ev["at_end_models"]) <= {"best", "last"}:
+        raise UserError(f"eval.at_end_models must be a list of best, last; got {ev['at_end_models']!r}")
     _one_of("eval.select", ev["select"], metric_names(ev["every_epoch"], cfg))
     _one_of("eval.mode", ev["mode"], ("max", "min"))
     return cfg
@@ -146,6 +168,27 @@ def _phases(phases, epochs):
             raise UserError(f"phases[{i}].start_epoch must be a whole number of epochs in 0..{epochs}, "
                             f"got {start!r}")
     return sorted((dict(p) for p in phases), key=lambda p: p["start_epoch"])
+
+
+def _refine(refine, optim):
+    """Check the refine group against the training length and schedule."""
+    epochs, start, lr = refine["epochs"], refine["start_epoch"], refine["lr"]
+    if not isinstance(epochs, numbers.Integral) or epochs < 0:
+        raise UserError(f"refine.epochs must be a whole number of epochs >= 0, got {epochs!r}")
+    if start is not None:
+        if not isinstance(start, numbers.Integral) or isinstance(start, bool) or not 0 <= start <= optim["epochs"]:
+            raise UserError(f"refine.start_epoch must be None or a whole number of epochs in "
+                            f"0..{optim['epochs']} (optim.epochs), got {start!r}")
+        if epochs:
+            raise UserError(f"give refine.epochs ({epochs}, appended after optim.epochs) or "
+                            f"refine.start_epoch ({start}, within optim.epochs), not both")
+    if lr != "final" and (not isinstance(lr, numbers.Real) or isinstance(lr, bool) or lr < 0):
+        raise UserError(f"refine.lr must be 'final' or a learning rate >= 0, got {lr!r}")
+    if lr == "final" and optim["schedule"] == "cosine" and (epochs or start is not None):
+        raise UserError("refine.lr 'final' with optim.schedule cosine would refine at learning rate 0 "
+                        "(the cosine's end); give refine.lr a number, e.g. 0.001")
+    if refine["gradual"] and not (epochs or start is not None):
+        raise UserError("refine.gradual needs refinement epochs: set refine.epochs or refine.start_epoch")
 
 
 def _one_of(key, value, valid):

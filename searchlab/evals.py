@@ -7,14 +7,16 @@ they are kept in the checkpoint, not reported to Tune. An evaluation reads its p
 own config group, if it has one.
 
 The ``eval`` group of a trial config says which evaluations run after every epoch
-(``every_epoch``), which run once at the end on the best model (``at_end``, reported with the suffix
-``_at_best``), and which every-epoch metric picks the best epoch (``select``, ``mode``).
+(``every_epoch``), which run once at the end (``at_end``) on which models (``at_end_models``: the
+best, reported with the suffix ``_at_best``, and the last, ``_at_last``), and which every-epoch
+metric picks the best epoch (``select``, ``mode``).
 
 A split-BatchNorm model (``train.split_bn``) is evaluated at every lambda of ``splitbn.lambdas``
 from two forward passes per batch (main and aux branch), its metrics named ``<metric>@lam<L>``
 (``test_acc@lam0.5``); the plain names (``test_acc``) are those at the trial's own
 ``splitbn.lambda``.
 """
+from contextlib import nullcontext
 from typing import Callable, NamedTuple
 
 import numpy as np
@@ -23,6 +25,7 @@ import torch.nn.functional as F
 
 from searchlab import corruptions, fourier
 from searchlab.data import Split, batches, normalize
+from searchlab.models import penultimate_features
 from searchlab.splitbn import branch, interpolate
 from searchlab.train import split_bn
 
@@ -92,6 +95,28 @@ def clean_metrics(cfg):
             for name in ("val", "test") for kind in ("loss", "acc")]
 
 
+def train_clean(model, data, cfg):
+    """Loss and accuracy on the first ``train_clean.images`` training images, unaugmented, in eval
+    mode: the empirical risk on clean data, beside ``train_loss`` on what the optimiser saw."""
+    subset = first(data.train, cfg["train_clean"]["images"])
+    return {f"train_clean_{kind}{suffix}": value
+            for suffix, (loss, acc) in scores(predictor(model, cfg), subset, data.mean, data.std).items()
+            for kind, value in (("loss", loss), ("acc", acc))}
+
+
+def first(split, n):
+    return Split(split.x[:n], split.y[:n])
+
+
+def trends(history):
+    """Statistics over the epochs so far of ``test_acc``: its maximum (``test_acc_max``) and the
+    median of the last 10 epochs (``test_acc_median10``, what He et al.'s Table 1 reports)."""
+    if not history or "test_acc" not in history[-1]:
+        return {}
+    accs = [metrics["test_acc"] for metrics in history]
+    return {"test_acc_max": max(accs), "test_acc_median10": float(np.median(accs[-10:]))}
+
+
 # ---- corruptions: CIFAR-10-C-style data ---------------------------------------------------------
 
 def corruption_errors(model, data, cfg):
@@ -150,11 +175,39 @@ def lowpass(model, data, cfg):
             **{f"lowpass_mean_acc{s}": float(np.mean(c)) for s, c in curves.items()}}
 
 
+# ---- representation spectrum -------------------------------------------------------------------
+
+def spectrum(model, data, cfg):
+    """Singular values, largest first, of the covariance of the penultimate features (He et al.'s
+    Fig. 3) of the first ``spectrum.images`` training images, unaugmented, in eval mode: of all of
+    them (array ``spectrum_all``) and of those of class ``spectrum.class`` (``spectrum_class<C>``).
+    A split-BatchNorm model is measured on its main branch."""
+    s = cfg["spectrum"]
+    subset = first(data.train, s["images"])
+    features = []
+    with branch(model, "main") if split_bn(cfg) else nullcontext():
+        for x, _ in batches(subset, 1000):
+            features.append(penultimate_features(model, normalize(x, data.mean, data.std)).double())
+    features = torch.cat(features)
+    return {"spectrum_all": covariance_spectrum(features),
+            f"spectrum_class{s['class']}": covariance_spectrum(features[subset.y == s["class"]])}
+
+
+def covariance_spectrum(features):
+    """Singular values of the (n - 1)-normalised covariance of rows ``features`` (n, d), as numpy."""
+    centred = features - features.mean(0)
+    covariance = centred.T @ centred / max(len(features) - 1, 1)
+    return torch.linalg.svdvals(covariance).cpu().numpy()
+
+
 EVALS = {
     "clean": Eval(clean, clean_metrics),
     "corruptions": Eval(corruption_errors, corruption_metrics),
     "fourier": Eval(fourier_heatmap, lambda cfg: [f"fourier_err{s}" for s, _ in heads(cfg)]),
     "lowpass": Eval(lowpass, lambda cfg: [f"lowpass_mean_acc{s}" for s, _ in heads(cfg)]),
+    "train_clean": Eval(train_clean, lambda cfg: [f"train_clean_{kind}{s}" for s, _ in heads(cfg)
+                                                  for kind in ("loss", "acc")]),
+    "spectrum": Eval(spectrum, lambda cfg: []),  # arrays only
 }
 
 
@@ -172,7 +225,12 @@ def metric_names(names, cfg):
 
 def at_best(name):
     """The name under which an end-of-training metric of the best model is reported."""
-    return f"{name}_at_best"
+    return at_end(name, "best")
+
+
+def at_end(name, model):
+    """The name of an end-of-training metric of the ``best`` or ``last`` model (eval.at_end_models)."""
+    return f"{name}_at_{model}"
 
 
 def numbers_and_arrays(metrics):

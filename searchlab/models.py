@@ -15,6 +15,7 @@ state dicts load into them by name.
 
 from __future__ import annotations
 
+import inspect
 import warnings
 from collections import OrderedDict
 from functools import partial
@@ -297,13 +298,20 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
 }
 
 
-def build_model(name: str, num_classes: int, in_channels: int = 3, weights: str | None = None) -> nn.Module:
+# The models that take a dropout rate (model.dropout), read off their signatures.
+DROPOUT_MODELS = tuple(name for name, make in MODELS.items() if "dropout" in inspect.signature(make).parameters)
+
+
+def build_model(name: str, num_classes: int, in_channels: int = 3, weights: str | None = None,
+                dropout: float = 0.0) -> nn.Module:
     """Construct a registered model, optionally loading a local state dict."""
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; valid models: {', '.join(sorted(MODELS))}")
     if num_classes < 1 or in_channels < 1:
         raise ValueError(f"num_classes and in_channels must be >= 1, got {num_classes} and {in_channels}")
-    model = MODELS[name](num_classes, in_channels)
+    if dropout and name not in DROPOUT_MODELS:
+        raise ValueError(f"model {name!r} has no dropout; models with dropout: {', '.join(DROPOUT_MODELS)}")
+    model = MODELS[name](num_classes, in_channels, **({"dropout": dropout} if dropout else {}))
     # Default dummy-input shape for conv_layers(); callers may overwrite it.
     model.input_size = (in_channels, 32, 32)
     if weights is not None:
@@ -394,6 +402,17 @@ def conv_layers(model: nn.Module) -> list[tuple[str, nn.Conv2d]]:
     forward_with_hooks(model, dummy, [(m, record) for _, m in convs])
     order.extend((name, m) for name, m in convs if id(m) not in seen)
     return order
+
+
+def penultimate_features(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The penultimate features of a batch (the input of the model's last Linear layer), in eval
+    mode without autograd; the model's modes are left as they were."""
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise ValueError(f"{type(model).__name__} has no Linear layer to take penultimate features from")
+    found = []
+    forward_with_hooks(model, x, [(linears[-1], lambda module, args, out: found.append(args[0].flatten(1)))])
+    return found[0]
 
 
 def mix_points(model: nn.Module) -> list[nn.Module]:

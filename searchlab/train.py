@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from searchlab import splitbn
+from searchlab.augment import mix_defaults, pipeline_specs
 from searchlab.data import batches, normalize
 from searchlab.regimes import REGIMES
 
@@ -49,6 +50,17 @@ def lr_at(optim, t):
     return optim["lr"] * SCHEDULES[optim["schedule"]](optim, t)
 
 
+def learning_rate(cfg, t):
+    """Learning rate of a resolved config at fractional epoch ``t``: ``lr_at`` of its optim group,
+    and once refinement has begun, ``refine.lr`` ("final": the schedule's rate at its end, which for
+    a step schedule is its last stage)."""
+    start = refine_start(cfg)
+    if start is None or t <= start:
+        return lr_at(cfg["optim"], t)
+    rate = cfg["refine"]["lr"]
+    return lr_at(cfg["optim"], cfg["optim"]["epochs"]) if rate == "final" else rate
+
+
 def make_optimizer(model, optim):
     return torch.optim.SGD(model.parameters(), lr=optim["lr"], momentum=optim["momentum"],
                            nesterov=optim["nesterov"], weight_decay=optim["weight_decay"])
@@ -63,26 +75,63 @@ class Phase(NamedTuple):
 
 
 def total_epochs(cfg):
-    return cfg["optim"]["epochs"]
+    """Epochs a resolved config trains: optim.epochs, plus refine.epochs appended after them."""
+    return cfg["optim"]["epochs"] + (cfg["refine"]["epochs"] if cfg["refine"]["start_epoch"] is None else 0)
+
+
+def refine_start(cfg):
+    """The epoch refinement starts at (``refine.start_epoch``, else optim.epochs), or None without it."""
+    r = cfg["refine"]
+    if r["start_epoch"] is not None:
+        return r["start_epoch"]
+    return cfg["optim"]["epochs"] if r["epochs"] > 0 else None
 
 
 def phase_at(cfg, epoch):
     """The augmentation and regime of epoch ``epoch`` (counting from 0) of a resolved config.
 
     The base config holds from epoch 0; each entry of ``phases`` takes over once ``start_epoch``
-    epochs have been trained, its ``augment`` and ``regime`` replacing the ones before it.
+    epochs have been trained, its ``augment`` and ``regime`` replacing the ones before it. Refinement
+    is the last phase: from ``refine_start`` on, the ``refine.pipeline`` with no mix and the standard
+    regime; or with ``refine.gradual``, the phase before it at a decaying intensity (``fade``).
     """
     augment, regime = cfg["augment"], cfg["regime"]
     for phase in cfg["phases"]:
         if epoch >= phase["start_epoch"]:
             augment = {**augment, **phase.get("augment", {})}
             regime = phase.get("regime", regime)
-    return Phase(augment["pipeline"], augment["mix"], regime)
+    start, r = refine_start(cfg), cfg["refine"]
+    if start is None or epoch < start:
+        return Phase(augment["pipeline"], augment["mix"], regime)
+    if not r["gradual"]:
+        return Phase(r["pipeline"], None, "standard")
+    # Linear to 0 over the refinement epochs, at each epoch's midpoint: the epoch's mean intensity.
+    intensity = 1 - (epoch - start + 0.5) / (total_epochs(cfg) - start)
+    return Phase(*fade(augment["pipeline"], augment["mix"], r["pipeline"], intensity), regime)
+
+
+def fade(pipeline, mix, keep, intensity):
+    """A pipeline and mix at ``intensity`` (1: as they are, 0: off), for gradual refinement.
+
+    Mixup and manifold mixup scale their alpha (alpha 0 mixes nothing); cutmix, and every op of
+    ``pipeline`` that the refinement pipeline ``keep`` does not have (e.g. AutoAugment, cutout),
+    scale their probability of being applied. Ops that ``keep`` has (flip, crop) stay as they are.
+    """
+    kept = pipeline_specs(keep)
+    specs = [spec if spec in kept else {**spec, "p": spec.get("p", 1.0) * intensity}
+             for spec in pipeline_specs(pipeline)]
+    if mix is not None:
+        key = "p" if mix["name"] == "cutmix" else "alpha"
+        mix = {**mix, key: mix.get(key, mix_defaults(mix["name"])[key]) * intensity}
+    return specs, mix
 
 
 def phases(cfg):
-    """Every phase of a resolved config, in order."""
-    return [phase_at(cfg, epoch) for epoch in [0, *(p["start_epoch"] for p in cfg["phases"])]]
+    """Every phase of a resolved config, in order (refinement's first epoch included)."""
+    starts = [0, *(p["start_epoch"] for p in cfg["phases"])]
+    if refine_start(cfg) is not None:
+        starts.append(refine_start(cfg))
+    return [phase_at(cfg, epoch) for epoch in starts]
 
 
 def split_bn(cfg):
@@ -105,13 +154,17 @@ def regime_of(cfg, name):
 
 # ---- one epoch ------------------------------------------------------------------------------
 
-def train_epoch(model, data, optimizer, optim, epoch, augment, generator, regime=REGIMES["standard"]):
+def train_epoch(model, data, optimizer, optim, epoch, augment, generator, regime=REGIMES["standard"],
+                schedule=None):
     """Train one epoch (``epoch`` counts from 0); return (mean loss, accuracy) over its images.
 
     ``regime`` decides what each batch becomes and what the loss is (``regimes.REGIMES``), with the
     epoch's ``augment`` pipeline. Batches are shuffled and augmented with ``generator``, so a
-    seeded generator replays the epoch. Sums stay on the device to avoid a host sync per step.
+    seeded generator replays the epoch. The learning rate of each step is ``schedule(t)`` at the
+    fractional epoch t where the step ends (default ``lr_at(optim, t)``; the trainable passes
+    ``learning_rate`` of its config). Sums stay on the device to avoid a host sync per step.
     """
+    schedule = schedule or partial(lr_at, optim)
     model.train()
     steps = math.ceil(len(data.train) / optim["batch_size"])
     loss_sum = torch.zeros((), device=data.train.x.device)
@@ -119,7 +172,7 @@ def train_epoch(model, data, optimizer, optim, epoch, augment, generator, regime
     standardise = partial(normalize, mean=data.mean, std=data.std)
     for step, (x, y) in enumerate(batches(data.train, optim["batch_size"], generator)):
         for group in optimizer.param_groups:
-            group["lr"] = lr_at(optim, epoch + (step + 1) / steps)
+            group["lr"] = schedule(epoch + (step + 1) / steps)
         loss, logits = regime(model, x, y, augment, generator, standardise)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

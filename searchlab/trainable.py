@@ -11,6 +11,7 @@ import os
 import random
 import tempfile
 import time
+from functools import partial
 
 import numpy as np
 import torch
@@ -20,9 +21,9 @@ from searchlab import checkpoint
 from searchlab.augment import Pipeline
 from searchlab.config import resolve
 from searchlab.data import load_dataset
-from searchlab.evals import at_best, metric_names, numbers_and_arrays, run_evals
+from searchlab.evals import at_best, at_end, metric_names, numbers_and_arrays, run_evals, trends
 from searchlab.models import build_model
-from searchlab.train import (lr_at, make_optimizer, phase_at, prepare_model, regime_of, total_epochs,
+from searchlab.train import (learning_rate, make_optimizer, phase_at, prepare_model, regime_of, total_epochs,
                              train_epoch)
 from searchlab.version import code_version
 
@@ -39,9 +40,10 @@ def train(config):
     data = load_dataset(d["dataset"], val_size=d["val_size"], train_size=d["train_size"],
                         test_size=d["test_size"], split_seed=d["split_seed"], root=d["root"]).to(device)
     model = build_model(cfg["model"]["name"], data.num_classes, in_channels=data.train.x.shape[1],
-                        weights=cfg["model"]["weights"])
+                        weights=cfg["model"]["weights"], dropout=cfg["model"]["dropout"])
     model = prepare_model(model, cfg).to(device)
     optimizer = make_optimizer(model, optim)
+    schedule = partial(learning_rate, cfg)
     record_trial(cfg)
 
     # ---- resume ---------------------------------------------------------------------------
@@ -69,7 +71,7 @@ def train(config):
         phase = phase_at(cfg, epoch)
         augment = Pipeline(phase.pipeline, phase.mix, data.num_classes)
         train_loss, train_acc = train_epoch(model, data, optimizer, optim, epoch, augment, generator,
-                                            regime_of(cfg, phase.regime))
+                                            regime_of(cfg, phase.regime), schedule)
         measured = run_evals(ev["every_epoch"], model, data, cfg)
         if is_better(measured[ev["select"]], best.get(ev["select"]), ev["mode"]):
             best = {"epoch": epoch + 1, **measured, "model": copy.deepcopy(model.state_dict())}
@@ -78,13 +80,14 @@ def train(config):
             "train_loss": train_loss,
             "train_acc": train_acc,
             **measured,
-            "lr": lr_at(optim, epoch + 1),
+            **trends([*history, measured]),
+            "lr": schedule(epoch + 1),
             "epoch_time": time.perf_counter() - began,
             **best_metrics(best, ev),
         }
         arrays = {}
         if epoch + 1 == epochs:
-            at_end, arrays = numbers_and_arrays(evaluate_best(model, best, data, cfg))
+            at_end, arrays = numbers_and_arrays(evaluate_at_end(model, best, data, cfg))
             metrics.update(at_end)
         history.append(metrics)
         with tempfile.TemporaryDirectory() as folder:
@@ -106,13 +109,19 @@ def best_metrics(best, ev):
             **{at_best(k): v for k, v in best.items() if k.startswith("test_")}}
 
 
-def evaluate_best(model, best, data, cfg):
-    """The ``eval.at_end`` evaluations of the best model, as ``<metric>_at_best``."""
-    if not cfg["eval"]["at_end"]:
-        return {}
-    model = copy.deepcopy(model)
-    model.load_state_dict(best["model"])
-    return {at_best(k): v for k, v in run_evals(cfg["eval"]["at_end"], model, data, cfg).items()}
+def evaluate_at_end(model, best, data, cfg):
+    """The ``eval.at_end`` evaluations of the last model and of the best one, as
+    ``<metric>_at_last`` and ``<metric>_at_best`` (those of ``eval.at_end_models``)."""
+    ev, measured = cfg["eval"], {}
+    if not ev["at_end"]:
+        return measured
+    for which in ev["at_end_models"]:
+        evaluated = model
+        if which == "best":
+            evaluated = copy.deepcopy(model)
+            evaluated.load_state_dict(best["model"])
+        measured.update({at_end(k, which): v for k, v in run_evals(ev["at_end"], evaluated, data, cfg).items()})
+    return measured
 
 
 def reported_metrics(cfg):
@@ -120,9 +129,10 @@ def reported_metrics(cfg):
     only with its last epoch: (every epoch, at the end)."""
     ev = cfg["eval"]
     measured = metric_names(ev["every_epoch"], cfg)
-    every = ["epoch", "train_loss", "train_acc", *measured, "lr", "epoch_time", "best_epoch",
+    trend = ["test_acc_max", "test_acc_median10"] if "test_acc" in measured else []
+    every = ["epoch", "train_loss", "train_acc", *measured, *trend, "lr", "epoch_time", "best_epoch",
              f"best_{ev['select']}", *(at_best(m) for m in measured if m.startswith("test_"))]
-    return every, [at_best(m) for m in metric_names(ev["at_end"], cfg)]
+    return every, [at_end(m, which) for which in ev["at_end_models"] for m in metric_names(ev["at_end"], cfg)]
 
 
 # ---- resume -----------------------------------------------------------------------------------

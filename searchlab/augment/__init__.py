@@ -95,6 +95,12 @@ def validate(pipeline, mix=None):
     return specs
 
 
+def mix_defaults(name):
+    """{parameter: default value} of mix ``name`` (e.g. mixup's alpha)."""
+    params = inspect.signature(mixes.MIXES[name][1]).parameters
+    return {k: p.default for k, p in params.items() if p.default is not p.empty}
+
+
 def _input_mix(mix):
     """``mix`` if it acts on the input batch (mixup, cutmix), None if none or inside a model."""
     return mix if mix is not None and mixes.MIXES[mix["name"]][0] == "input" else None

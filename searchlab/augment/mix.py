@@ -15,6 +15,8 @@ from searchlab.augment.stochastic import box_mask
 
 
 def _beta(alpha, generator):
+    if alpha <= 0:  # as the mixup reference: no mixing (gradual refinement takes alpha to 0)
+        return 1.0
     seed = torch.randint(2**62, (1,), generator=generator, device=generator.device).item()
     return float(np.random.default_rng(seed).beta(alpha, alpha))
 
