@@ -264,8 +264,14 @@ def _splitbn_figures(spec, experiment):
     return splitbn_figures(experiment, objectives)
 
 
+def _refine_figures(spec, experiment):
+    from searchlab.analysis.refinement import refine_figures
+
+    return refine_figures(experiment)
+
+
 # name -> figures(spec, experiment): the figures and tables a study writes when its sweep ends
-FIGURES = {"splitbn": _splitbn_figures}
+FIGURES = {"splitbn": _splitbn_figures, "refine": _refine_figures}
 
 
 def write_figures(spec, experiment):
