@@ -135,6 +135,10 @@ def resolve(config):
                         f"{', '.join(models.DROPOUT_MODELS)}")
     cfg["phases"] = _phases(cfg["phases"], cfg["optim"]["epochs"])
     _refine(cfg["refine"], cfg["optim"])
+    classes = data.DATASETS[cfg["data"]["dataset"]]
+    if cfg["spectrum"]["class"] not in range(classes):
+        raise UserError(f"spectrum.class must be a class of {cfg['data']['dataset']}: 0..{classes - 1}, "
+                        f"got {cfg['spectrum']['class']!r}")
     for phase in phases(cfg):
         augment.validate(phase.pipeline, phase.mix)
         regimes.check(phase.regime, cfg.get(phase.regime, {}), phase.pipeline, phase.mix)

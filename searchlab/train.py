@@ -76,15 +76,21 @@ class Phase(NamedTuple):
 
 def total_epochs(cfg):
     """Epochs a resolved config trains: optim.epochs, plus refine.epochs appended after them."""
-    return cfg["optim"]["epochs"] + (cfg["refine"]["epochs"] if cfg["refine"]["start_epoch"] is None else 0)
+    r = _refine(cfg)
+    return cfg["optim"]["epochs"] + (r.get("epochs", 0) if r.get("start_epoch") is None else 0)
 
 
 def refine_start(cfg):
     """The epoch refinement starts at (``refine.start_epoch``, else optim.epochs), or None without it."""
-    r = cfg["refine"]
-    if r["start_epoch"] is not None:
+    r = _refine(cfg)
+    if r.get("start_epoch") is not None:
         return r["start_epoch"]
-    return cfg["optim"]["epochs"] if r["epochs"] > 0 else None
+    return cfg["optim"]["epochs"] if r.get("epochs", 0) > 0 else None
+
+
+def _refine(cfg):
+    # Configs recorded before the refine group existed (older experiments on disk) have none.
+    return cfg.get("refine") or {}
 
 
 def phase_at(cfg, epoch):

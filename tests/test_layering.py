@@ -11,7 +11,7 @@ LOWER = ["errors", "data", "corruptions", "augment", "models", "splitbn", "regim
          "evals", "checkpoint", "config", "analysis.cka"]
 # Everything else in the package is above all of them.
 ABOVE = ["version", "trainable", "spaces", "sweep", "cli", "analysis.study", "analysis.actors",
-         "analysis.figures"]
+         "analysis.figures", "analysis.refinement"]
 
 
 def module_files(name):
@@ -59,7 +59,7 @@ def test_the_check_catches_an_upward_import(tmp_path):
 
 
 def test_analysis_reads_checkpoints_through_the_checkpoint_module():
-    for name in ("analysis.study", "analysis.actors", "analysis.figures"):
+    for name in ("analysis.study", "analysis.actors", "analysis.figures", "analysis.refinement"):
         for path in module_files(name):
             source = path.read_text()
             assert "searchlab.trainable" not in imports(path)

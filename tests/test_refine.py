@@ -65,6 +65,11 @@ def test_bad_refine_configs(refine, message):
         refined(refine)
 
 
+def test_spectrum_class_must_be_one_of_the_dataset():
+    with pytest.raises(UserError, match=r"spectrum.class must be a class of cifar10: 0..9, got 10"):
+        resolve({"data": {"dataset": "cifar10"}, "spectrum": {"class": 10}})
+
+
 def test_final_rate_after_cosine_is_refused():
     with pytest.raises(UserError, match="cosine would refine at learning rate 0"):
         resolve({"optim": {"schedule": "cosine"}, "refine": {"epochs": 2}})
