@@ -1,6 +1,6 @@
 """Refinement (DESIGN.md section 2, study 3; He et al. 2019, "Data augmentation revisited").
 
-    searchlab sweep refine --arg smoke=True                  # ResNet-20 on 1k images, 3 + 2 epochs: ~4 min on 2 CPUs
+    searchlab sweep refine --arg smoke=True                  # ResNet-20 on 1k images, 3 + 2 epochs: ~2 min on 2 CPUs (2m11s measured)
     searchlab sweep refine                                   # Table 1: PreAct-18 on CIFAR-10, T1 = 400, T2 = 50, 3 seeds
     searchlab sweep refine --arg model=wrn28_10 --arg dataset=cifar100
     searchlab sweep refine --arg figure=4                    # Fig. 4: mixup, 400 epochs in all, the switch epoch varied
