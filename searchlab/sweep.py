@@ -15,6 +15,8 @@ import os
 from pathlib import Path
 from typing import Callable, NamedTuple
 
+from ray import tune
+
 from searchlab import config, spaces, trainable, train
 from searchlab.errors import UserError
 
@@ -40,8 +42,6 @@ def run(space, args=None, name=None, storage=None, address=None):
     (experiment / RECORD).write_text(json.dumps(
         {"space": space, "args": args or {}, "name": name, "address": address,
          "space_file": inspect.getsourcefile(module), "space_source": inspect.getsource(module)}, indent=2))
-
-    from ray import tune
 
     _init_ray(address)
     tuner = tune.Tuner(
@@ -69,10 +69,9 @@ def resume(experiment, address=None):
     if not states:
         raise UserError(f"nothing to resume in {experiment}: no experiment_state-*.json "
                         "(the sweep stopped before its first trial started; start it again)")
+    repair_state(experiment)
     trials_before = len(trial_table(experiment))
     spec = spaces.load(record["space"], record["args"])
-
-    from ray import tune
 
     _init_ray(address or record.get("address"))
     tuner = tune.Tuner.restore(
@@ -170,8 +169,6 @@ def _init_ray(address):
 
 
 def _trainable(spec):
-    from ray import tune
-
     resources = {"cpu": 1, "gpu": 0, **spec["resources"]}
     return tune.with_resources(TRAINABLES[spec["trainable"]].run,
                                {"cpu": resources["cpu"], "gpu": resources["gpu"]})
@@ -291,18 +288,91 @@ def max_epochs(spec):
 
 
 def _callbacks(spec, experiment):
-    if not spec["cka"]:
-        return None
-    from searchlab.analysis.actors import CKACallback
+    callbacks = [StateBackup(experiment)]
+    if spec["cka"]:
+        from searchlab.analysis.actors import CKACallback
 
-    options = {"actors": 1, **spec["cka"]}
-    return [CKACallback(experiment, resources={k: v for k, v in options.items() if k != "actors"},
-                        actors=options["actors"])]
+        options = {"actors": 1, **spec["cka"]}
+        callbacks.append(CKACallback(experiment, resources={k: v for k, v in options.items() if k != "actors"},
+                                     actors=options["actors"]))
+    return callbacks
+
+
+# ---- Tune's experiment state, kept readable ------------------------------------------------------
+
+# Tune writes these in its staging folder and copies them to the experiment, both in place: a driver
+# killed in the middle leaves a file cut short, and Tuner.restore then fails on it.
+STATE_FILES = ("experiment_state-*.json", "basic-variant-state-*.json", "searcher-state-*.pkl")
+STATE_BACKUP = ".searchlab_state"
+
+
+class StateBackup(tune.Callback):
+    """Keeps the last readable copy of each of Tune's state files in EXPERIMENT/.searchlab_state/,
+    for ``repair_state`` to put back before a resume."""
+
+    def __init__(self, experiment):
+        self.experiment = str(experiment)
+        self._copied = {}  # file name -> (mtime, size) of the version copied
+
+    def on_step_end(self, iteration, trials, **info):
+        backup_state(self.experiment, self._copied)
+
+    def on_experiment_end(self, trials, **info):
+        backup_state(self.experiment, self._copied)
+
+
+def _state_files(folder):
+    return [Path(p) for pattern in STATE_FILES for p in glob.glob(str(Path(folder) / pattern))]
+
+
+def _readable(path):
+    import pickle
+
+    data = path.read_bytes()
+    for load in (json.loads, pickle.loads):  # the basic-variant "json" is a pickle
+        try:
+            load(data)
+            return True
+        except Exception:  # cut short, being written, or the other format
+            pass
+    return False
+
+
+def backup_state(experiment, copied):
+    """Copy each state file of ``experiment`` that changed since ``copied`` and reads whole."""
+    for path in _state_files(experiment):
+        try:
+            stamp = (path.stat().st_mtime_ns, path.stat().st_size)
+        except FileNotFoundError:
+            continue
+        if copied.get(path.name) == stamp or not _readable(path):
+            continue
+        folder = Path(experiment) / STATE_BACKUP
+        folder.mkdir(exist_ok=True)
+        temporary = folder / f".{path.name}.tmp"
+        temporary.write_bytes(path.read_bytes())
+        os.replace(temporary, folder / path.name)
+        copied[path.name] = stamp
+
+
+def repair_state(experiment):
+    """Put back the last readable copy of each state file that no longer reads; the trials then
+    continue from their newest checkpoints on storage (``trainable.latest_state``), also where
+    the copy is a few epochs older. UserError when a file is cut short and no copy exists."""
+    for path in _state_files(experiment):
+        if _readable(path):
+            continue
+        copy = Path(experiment) / STATE_BACKUP / path.name
+        if not (copy.is_file() and _readable(copy)):
+            raise UserError(f"{path} is cut short (the driver was killed while Tune wrote it) and "
+                            f"there is no readable copy in {copy.parent}; the sweep cannot be resumed")
+        temporary = path.with_name(f".{path.name}.tmp")
+        temporary.write_bytes(copy.read_bytes())
+        os.replace(temporary, path)
+        print(f"{path.name} was cut short (the driver was killed while writing it): restored its last readable copy")
 
 
 def _run_config(spec, name, storage, experiment):
-    from ray import tune
-
     return tune.RunConfig(
         callbacks=_callbacks(spec, experiment),
         name=name,

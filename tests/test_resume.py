@@ -46,8 +46,11 @@ def epochs_done(experiment):
     return done
 
 
-@pytest.mark.parametrize("how", [signal.SIGINT, signal.SIGKILL], ids=["sigint", "sigkill"])
-def test_interrupted_sweep_resumes_without_redoing_epochs(cifar_data, tmp_path, how):
+@pytest.mark.parametrize("how, cut", [(signal.SIGINT, False), (signal.SIGKILL, False), (signal.SIGKILL, True)],
+                         ids=["sigint", "sigkill", "sigkill_state_cut_short"])
+def test_interrupted_sweep_resumes_without_redoing_epochs(cifar_data, tmp_path, how, cut):
+    """``cut``: the kill also left Tune's experiment state cut short, as when it lands while Tune
+    writes it; resume puts back the last readable copy."""
     experiment = tmp_path / "sweep"
     env = {**os.environ, "SEARCHLAB_DATA": cifar_data}
     driver = subprocess.Popen(
@@ -77,10 +80,14 @@ def test_interrupted_sweep_resumes_without_redoing_epochs(cifar_data, tmp_path, 
             _kill(pid)
     before = epochs_done(experiment)
     assert any(len(e) < EPOCHS for e in before.values()), "interrupted too late to test resume"
+    if cut:
+        state, = experiment.glob("experiment_state-*.json")
+        state.write_bytes(state.read_bytes()[:len(state.read_bytes()) // 2])
 
     resumed = subprocess.run(searchlab("resume", str(experiment)), env=env, stdin=subprocess.DEVNULL,
                              capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert ("restored its last readable copy" in resumed.stdout) == cut
     after = epochs_done(experiment)
     assert set(after) == {"train_" + n.split("_", 1)[1] for n in after} and len(after) == 2
     for trial, epochs in after.items():
