@@ -7,7 +7,7 @@ import searchlab
 
 PACKAGE = Path(searchlab.__file__).parent
 # Bottom to top: each of these may import only the ones before it (and its own package).
-LOWER = ["errors", "data", "corruptions", "augment", "models", "splitbn", "regimes", "train", "fourier",
+LOWER = ["errors", "data", "corruptions", "augment", "models", "splitbn", "regimes", "train", "deepaa", "fourier",
          "evals", "checkpoint", "config", "analysis.cka"]
 # Everything else in the package is above all of them.
 ABOVE = ["version", "trainable", "spaces", "sweep", "cli", "analysis.study", "analysis.actors",

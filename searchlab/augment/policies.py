@@ -37,8 +37,12 @@ def _signs(shape, generator, device):
     return torch.where(_rand(shape, generator, device) < 0.5, -1.0, 1.0)
 
 
-def _categorical(probs, n, generator, device):
-    """n draws from a categorical over len(probs) entries, by inverting the CDF of one uniform each."""
+def sample_entries(probs, n, generator, device):
+    """n draws from a categorical over len(probs) entries, by inverting the CDF of one uniform each.
+
+    ``probs`` need not be normalised. This is how ``deepaa`` draws each layer's entries; the DeepAA
+    search (searchlab.deepaa) draws its policy samples with it too, so the two agree draw for draw.
+    """
     cdf = torch.cumsum(probs.to(device, torch.float64), 0)
     u = _rand(n, generator, device).double() * cdf[-1]
     # right=True skips zero-probability entries even when u lands exactly on a CDF step.
@@ -337,9 +341,50 @@ def _apply_stochastic(x, generator, name, magnitude, fill):
     raise ValueError(f"unknown DeepAA table entry {name!r}")
 
 
+@functools.lru_cache(maxsize=8)
+def _entry_tables(table, device):
+    """Per-table lookups, built once per (table, device): op names in table order, and per entry
+    its op index and magnitude; per op name whether it is stochastic or geometric."""
+    names = list(dict.fromkeys(name for name, _ in table))  # op names, in table order
+    entry_op = torch.tensor([names.index(name) for name, _ in table], device=device)
+    entry_magnitude = torch.tensor([0.0 if m is None else float(m) for _, m in table], device=device)
+    stochastic_ops = [k for k, name in enumerate(names) if name not in ops.OPS]
+    is_stochastic = torch.tensor([name not in ops.OPS for name in names], device=device)
+    geometric = torch.tensor([name in _GEOMETRIC for name in names], device=device)
+    return names, entry_op, entry_magnitude, stochastic_ops, is_stochastic, geometric
+
+
+def apply_entries(x, entries, generator, table=None, mirror=False, fill=DEEPAA_FILL):
+    """Apply entry ``entries[i]`` of a DeepAA table to image i: e.g. ``torch.arange(139)`` on 139
+    copies of one image gives every transformation of it once.
+
+    ``table`` defaults to ``ops.deepaa_table()``; ``mirror`` and ``fill`` are as in ``deepaa``. The
+    stochastic entries (flip, crop, cutout) draw their per-image randomness from ``generator``.
+    """
+    table = ops.deepaa_table() if table is None else table
+    names, entry_op, entry_magnitude, stochastic_ops, is_stochastic, geometric = _entry_tables(
+        tuple(map(tuple, table)), x.device)
+    entries = torch.as_tensor(entries, device=x.device)
+    if len(entries) != len(x) or (len(entries) and not 0 <= int(entries.min()) <= int(entries.max()) < len(table)):
+        raise ValueError(f"apply_entries: need one entry in 0..{len(table) - 1} per image ({len(x)} images), "
+                         f"got {len(entries)} entries")
+    n = len(x)
+    op, magnitude = entry_op[entries], entry_magnitude[entries]
+    if mirror:
+        magnitude = torch.where(geometric[op], magnitude * _signs(n, generator, x.device), magnitude)
+    x = apply_per_image(x, torch.where(is_stochastic[op], -1, op), magnitude, names)
+    for k in stochastic_ops:
+        rows = (op == k).nonzero().squeeze(1)
+        if len(rows):
+            # Entries sharing a stochastic op name share its magnitude (one cutout size per table).
+            sub = _apply_stochastic(x.index_select(0, rows), generator, names[k], magnitude[rows[0]], fill)
+            x = x.index_copy(0, rows, sub)
+    return x
+
+
 def deepaa(x, generator, policy_probs=None, table=None, mirror=False, policy=None, fill=DEEPAA_FILL):
     """Apply a Deep AutoAugment policy: for each layer k, every image draws one entry of the table
-    from row k of ``policy_probs`` [K, len(table)] and it is applied.
+    from row k of ``policy_probs`` [K, len(table)] and it is applied (``apply_entries``).
 
     ``policy`` is the alternative to ``policy_probs``: the path of a policy file (see
     ``save_policy``), read again when the file changes; the table it was searched on comes with it.
@@ -358,27 +403,8 @@ def deepaa(x, generator, policy_probs=None, table=None, mirror=False, policy=Non
     probs = torch.as_tensor(policy_probs).detach().to(torch.float64)
     if probs.ndim != 2 or probs.shape[1] != len(table):
         raise ValueError(f"deepaa: policy_probs must have shape [K, {len(table)}], got {tuple(probs.shape)}")
-
-    names = list(dict.fromkeys(name for name, _ in table))  # op names, in table order
-    entry_op = torch.tensor([names.index(name) for name, _ in table], device=x.device)
-    entry_magnitude = torch.tensor([0.0 if m is None else float(m) for _, m in table], device=x.device)
-    stochastic_ops = [k for k, name in enumerate(names) if name not in ops.OPS]
-    is_stochastic = torch.tensor([name not in ops.OPS for name in names], device=x.device)
-    geometric = torch.tensor([name in _GEOMETRIC for name in names], device=x.device)
-    n = len(x)
     for layer in probs:
-        entry = _categorical(layer, n, generator, x.device)
-        op, magnitude = entry_op[entry], entry_magnitude[entry]
-        if mirror:
-            magnitude = torch.where(geometric[op], magnitude * _signs(n, generator, x.device), magnitude)
-        x = apply_per_image(x, torch.where(is_stochastic[op], -1, op), magnitude, names)
-        for k in stochastic_ops:
-            rows = (op == k).nonzero().squeeze(1)
-            if len(rows):
-                # Entries sharing a stochastic op name share its magnitude (one cutout size per table).
-                sub = _apply_stochastic(x.index_select(0, rows), generator, names[k],
-                                        magnitude[rows[0]], fill)
-                x = x.index_copy(0, rows, sub)
+        x = apply_entries(x, sample_entries(layer, len(x), generator, x.device), generator, table, mirror, fill)
     return x
 
 
