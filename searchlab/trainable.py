@@ -155,7 +155,11 @@ def latest_state():
         known = checkpoint.read_record(folders[0])["epoch"] if given else 0
     if state is None:
         return None, set()
-    return state, epochs_to_report([m["epoch"] for m in state["history"]], known, logged)
+    # With no checkpoint of its own Tune starts the trial's result.json afresh (its loggers restore
+    # results only with a checkpoint), and that file replaces the one on storage: every epoch of
+    # the history must be reported again. This happens when resume had to fall back to an older
+    # copy of Tune's state (sweep.repair_state).
+    return state, epochs_to_report([m["epoch"] for m in state["history"]], known, logged if given else set())
 
 
 def epochs_to_report(epochs, known, logged):
