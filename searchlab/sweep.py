@@ -104,6 +104,10 @@ def trial_table(experiment):
     record = read_record(experiment)
     if not glob.glob(str(experiment / "experiment_state-*.json")):
         return []
+    for path in _state_files(experiment):
+        if not _readable(path):
+            raise UserError(f"{path.name} in {experiment} is cut short (the driver was killed while Tune "
+                            f"wrote it); `searchlab resume {experiment}` puts back its last readable copy")
     trials = sorted(ExperimentAnalysis(str(experiment)).trials, key=str)
     configs = [spaces.flatten(t.config) for t in trials]
     # The config keys whose values differ between trials say what each trial is.

@@ -83,6 +83,8 @@ def test_interrupted_sweep_resumes_without_redoing_epochs(cifar_data, tmp_path, 
     if cut:
         state, = experiment.glob("experiment_state-*.json")
         state.write_bytes(state.read_bytes()[:len(state.read_bytes()) // 2])
+        status = subprocess.run(searchlab("status", str(experiment)), capture_output=True, text=True)
+        assert status.returncode != 0 and "is cut short" in status.stderr and "searchlab resume" in status.stderr
 
     resumed = subprocess.run(searchlab("resume", str(experiment)), env=env, stdin=subprocess.DEVNULL,
                              capture_output=True, text=True, timeout=600)
