@@ -27,6 +27,10 @@ class Split:
     def __len__(self):
         return len(self.y)
 
+    def __getitem__(self, rows):
+        """The images and labels of ``rows`` (an index, slice or mask), e.g. ``split[:1000]``."""
+        return Split(self.x[rows], self.y[rows])
+
     def to(self, device):
         return Split(self.x.to(device), self.y.to(device))
 

@@ -299,8 +299,7 @@ def search_pools(data, pretrain_size=PRETRAIN_SIZE):
         raise ValueError(f"pretrain_size must be in 1..{len(data.train) - 1} (the training split has "
                          f"{len(data.train)} images), got {pretrain_size}")
     train = data.train
-    return Pools(Split(train.x[:pretrain_size], train.y[:pretrain_size]),
-                 Split(train.x[pretrain_size:], train.y[pretrain_size:]), data.val, data.mean, data.std)
+    return Pools(train[:pretrain_size], train[pretrain_size:], data.val, data.mean, data.std)
 
 
 @dataclass

@@ -98,14 +98,10 @@ def clean_metrics(cfg):
 def train_clean(model, data, cfg):
     """Loss and accuracy on the first ``train_clean.images`` training images, unaugmented, in eval
     mode: the empirical risk on clean data, beside ``train_loss`` on what the optimiser saw."""
-    subset = first(data.train, cfg["train_clean"]["images"])
+    subset = data.train[:cfg["train_clean"]["images"]]
     return {f"train_clean_{kind}{suffix}": value
             for suffix, (loss, acc) in scores(predictor(model, cfg), subset, data.mean, data.std).items()
             for kind, value in (("loss", loss), ("acc", acc))}
-
-
-def first(split, n):
-    return Split(split.x[:n], split.y[:n])
 
 
 def trends(history):
@@ -183,7 +179,7 @@ def spectrum(model, data, cfg):
     them (array ``spectrum_all``) and of those of class ``spectrum.class`` (``spectrum_class<C>``).
     A split-BatchNorm model is measured on its main branch."""
     s = cfg["spectrum"]
-    subset = first(data.train, s["images"])
+    subset = data.train[:s["images"]]
     features = []
     with branch(model, "main") if split_bn(cfg) else nullcontext():
         for x, _ in batches(subset, 1000):

@@ -16,7 +16,7 @@ import numpy as np
 
 from searchlab import checkpoint
 from searchlab.analysis.cka import cka_impact, cka_matrix, layer_depths
-from searchlab.data import DATASETS, Split, batches, load_dataset, normalize
+from searchlab.data import DATASETS, batches, load_dataset, normalize
 from searchlab.models import build_model
 from searchlab.train import total_epochs
 
@@ -100,7 +100,7 @@ def compare(experiment_dir, group, a, b, trial_dir_a, trial_dir_b, device="cpu")
                         test_size=1, split_seed=d["split_seed"], root=d["root"])
     n = min(cka["images"], len(data.val))
     loader = [(normalize(x, data.mean, data.std).to(device), y)
-              for x, y in batches(Split(data.val.x[:n], data.val.y[:n]), cka["batch_size"],
+              for x, y in batches(data.val[:n], cka["batch_size"],
                                   drop_last=n >= cka["batch_size"])]  # unbiased HSIC needs full batches
     matrix, names_a, names_b = cka_matrix(model_a, model_b, loader, unbiased=True, device=device)
     path = result_path(experiment_dir, group, a, b)
