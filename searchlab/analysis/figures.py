@@ -168,6 +168,29 @@ def safe_name(label):
 
 # ---- figures and tables -----------------------------------------------------------------------
 
+def figure_folder(experiment_dir, groups):
+    """What a study's figures share: (pyplot without a display, EXPERIMENT/figures/ made, one colour
+    per label of ``groups``, the paths written so far, ``save(fig, name)``, which writes a figure
+    into the folder, closes it and adds its path to that list)."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display needed: the figures only go to files
+    import matplotlib.pyplot as plt
+
+    folder = os.path.join(experiment_dir, FIGURES_DIR)
+    os.makedirs(folder, exist_ok=True)
+    colour = {label: f"C{i % 10}" for i, label in enumerate(groups)}  # one colour per label everywhere
+    written = []
+
+    def save(fig, name):
+        path = os.path.join(folder, name)
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        written.append(path)
+
+    return plt, folder, colour, written, save
+
+
 def splitbn_figures(experiment_dir, objectives=None):
     """Write the study's figures and tables into EXPERIMENT/figures/; return the paths written
     (none when no trial has finished).
@@ -183,22 +206,8 @@ def splitbn_figures(experiment_dir, objectives=None):
     trials = finished_trials(experiment_dir)
     if not trials:
         return []
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display needed: the figures only go to files
-    import matplotlib.pyplot as plt
-
-    folder = os.path.join(experiment_dir, FIGURES_DIR)
-    os.makedirs(folder, exist_ok=True)
     groups = by_label(trials)
-    colour = {label: f"C{i % 10}" for i, label in enumerate(groups)}  # one colour per label everywhere
-    written = []
-
-    def save(fig, name):
-        path = os.path.join(folder, name)
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-        written.append(path)
+    plt, folder, colour, written, save = figure_folder(experiment_dir, groups)
 
     # ---- lambda.png: accuracy and uCE against lambda (Fig. 3) ----
     split = [label for label, ts in groups.items() if is_split(ts)]

@@ -43,7 +43,7 @@ import os
 import numpy as np
 
 from searchlab import checkpoint
-from searchlab.analysis.figures import (FIGURES_DIR, by_label, differing_keys, finished_trials, flat,
+from searchlab.analysis.figures import (by_label, differing_keys, figure_folder, finished_trials, flat,
                                         safe_name, seed_mean, show, spread, values)
 from searchlab.train import refine_start, total_epochs
 
@@ -130,29 +130,24 @@ def epoch_stats(histories, metric):
 
 # ---- figures and tables -----------------------------------------------------------------------
 
+def legend_or_note(ax):
+    """A legend, or "not reported" on a panel that no trial gave a line."""
+    if ax.lines:
+        ax.legend(fontsize=7)
+    else:
+        ax.text(0.5, 0.5, "not reported", ha="center", transform=ax.transAxes)
+
+
 def refine_figures(experiment_dir):
     """Write the study's figures and tables into EXPERIMENT/figures/; return the paths written (none
     when no trial has finished)."""
     trials = finished_trials(experiment_dir)
     if not trials:
         return []
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display needed: the figures only go to files
-    import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    folder = os.path.join(experiment_dir, FIGURES_DIR)
-    os.makedirs(folder, exist_ok=True)
     groups = by_label(trials)
-    colour = {label: f"C{i % 10}" for i, label in enumerate(groups)}  # one colour per label everywhere
-    written = []
-
-    def save(fig, name):
-        path = os.path.join(folder, name)
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-        written.append(path)
+    plt, folder, colour, written, save = figure_folder(experiment_dir, groups)
 
     def switch_line(ax, label):
         for epoch in sorted({refine_start(t.config) for t in groups[label] if is_refined(t.config)}):
@@ -183,10 +178,7 @@ def refine_figures(experiment_dir):
         ax.set_xlabel("epoch (dotted: switch to refinement)")
         ax.set_ylabel(ylabel)
         ax.set_title(f"{ylabel}: {title}", fontsize=10)
-        if ax.lines:
-            ax.legend(fontsize=7)
-        else:
-            ax.text(0.5, 0.5, "not reported", ha="center", transform=ax.transAxes)
+        legend_or_note(ax)
     fig.suptitle("Refinement: losses per epoch (mean ± std over seeds)")
     fig.tight_layout()
     save(fig, "curves.png")
@@ -220,10 +212,7 @@ def refine_figures(experiment_dir):
             ax.set_xlabel("index (largest first)")
             ax.set_ylabel("singular value")
             ax.set_title(f"penultimate features, {title}")
-            if ax.lines:
-                ax.legend(fontsize=7)
-            else:
-                ax.text(0.5, 0.5, "not reported", ha="center", transform=ax.transAxes)
+            legend_or_note(ax)
         fig.suptitle("Singular values of the feature covariance (mean over seeds; solid best, dashed last)")
         fig.tight_layout()
         save(fig, "spectrum.png")
