@@ -60,6 +60,9 @@ DEFAULTS = {
         "lambda": 0.0,          # this trial's own: its val_acc, test_acc, best epoch (0: main branch)
         "interpolate": "probs",  # probs | logits: what the two branches' predictions mix
     },
+    "batch_augment": {          # regime batch_augment: every image several times per batch, each augmented anew
+        "copies": 8,            # copies per image (8 in DeepAA's Table 3); the batch grows by this factor
+    },
     "refine": {                 # refinement (He et al.), DESIGN.md study 3: the last phase, without intensive augmentation
         "epochs": 0,            # T2: epochs appended after the optim.epochs (T1) ...
         "start_epoch": None,    # ... or the epoch it starts at within optim.epochs (a fixed budget)
@@ -153,6 +156,15 @@ def resolve(config):
     _one_of("eval.select", ev["select"], metric_names(ev["every_epoch"], cfg))
     _one_of("eval.mode", ev["mode"], ("max", "min"))
     return cfg
+
+
+def merge(defaults, config, where="config"):
+    """``defaults`` updated with ``config`` and checked as ``resolve`` checks the trial config: an
+    unknown key names the valid ones, a bool or number default takes only a bool or number. For
+    the config groups of other trials (deepaa_trials.DEFAULTS)."""
+    merged = _merge(defaults, dict(config or {}), where)
+    _check_types(defaults, merged)
+    return merged
 
 
 def _phases(phases, epochs):

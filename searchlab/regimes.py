@@ -100,6 +100,17 @@ def splitbn(model, x, y, augment, generator, normalize, main, aux, split=True, a
     return loss, main_logits
 
 
+def batch_augment(model, x, y, augment, generator, normalize, copies=8):
+    """Batch Augmentation (Hoffer et al. 2020; DeepAA's Table 3): ``copies`` augmented copies of
+    every image, each with its own draw of the pipeline, in one batch; the loss is the mean
+    cross-entropy over all of them. Accuracy is scored on the first copy."""
+    if not isinstance(copies, int) or copies < 1:
+        raise ValueError(f"batch_augment.copies must be a whole number >= 1, got {copies!r}")
+    views = torch.cat([augment.images(x, generator) for _ in range(copies)])
+    logits, target = mixed_forward(model, normalize(views), y.repeat(copies), augment, generator)
+    return F.cross_entropy(logits, target), logits[:len(x)]
+
+
 def pgd_attack(model, x, y, normalize, generator, steps=4, epsilon=4 / 255, step_size=1 / 255,
                random_start=True):
     """An L-infinity PGD attack on uint8 images ``x`` (Madry et al.), as AdvProp's aux view.
@@ -131,6 +142,7 @@ REGIMES = {
     "standard": standard,
     "augmix_jsd": augmix_jsd,
     "splitbn": splitbn,
+    "batch_augment": batch_augment,
 }
 
 

@@ -12,12 +12,13 @@ import glob
 import inspect
 import json
 import os
+from functools import partial
 from pathlib import Path
 from typing import Callable, NamedTuple
 
 from ray import tune
 
-from searchlab import config, spaces, trainable, train
+from searchlab import config, deepaa_trials, spaces, trainable, train
 from searchlab.errors import UserError
 
 RECORD = "searchlab_sweep.json"
@@ -44,15 +45,19 @@ def run(space, args=None, name=None, storage=None, address=None):
          "space_file": inspect.getsourcefile(module), "space_source": inspect.getsource(module)}, indent=2))
 
     _init_ray(address)
+    searcher = build(SEARCHERS, "searcher", spec)
+    if hasattr(searcher, "experiment"):  # a searcher that writes into the experiment (DeepAA's policies)
+        searcher.experiment = str(experiment)
     tuner = tune.Tuner(
         _trainable(spec),
         param_space={} if spec["searcher"] == "optuna" else spec["param_space"],
         tune_config=tune.TuneConfig(
-            search_alg=build(SEARCHERS, "searcher", spec),
+            search_alg=searcher,
             scheduler=build(SCHEDULERS, "scheduler", spec),
             num_samples=spec["num_samples"],
             max_concurrent_trials=spec["max_concurrent_trials"],
             reuse_actors=True,
+            trial_dirname_creator=_kind_dirname if spec["trainable"] == "by_kind" else None,
         ),
         run_config=_run_config(spec, name, storage, experiment),
     )
@@ -136,6 +141,8 @@ def _short(value):
         return "+".join(v["op"] for v in value) or "none"
     if isinstance(value, dict) and "name" in value:
         return value["name"]
+    if isinstance(value, list) and len(value) > 8:  # e.g. the frozen layers of a DeepAA layer search
+        return f"[{len(value)} items]"
     return "" if value is None else value
 
 
@@ -173,9 +180,22 @@ def _init_ray(address):
 
 
 def _trainable(spec):
-    resources = {"cpu": 1, "gpu": 0, **spec["resources"]}
-    return tune.with_resources(TRAINABLES[spec["trainable"]].run,
-                               {"cpu": resources["cpu"], "gpu": resources["gpu"]})
+    run, resources = TRAINABLES[spec["trainable"]].run, spec["resources"]
+    if all(isinstance(v, dict) for v in resources.values()):  # per kind of trial: {kind: {"cpu", "gpu"}}
+        return tune.with_resources(run, partial(_kind_resources, resources))
+    return tune.with_resources(run, _bundle(resources))
+
+
+def _bundle(resources):
+    resources = {"cpu": 1, "gpu": 0, **resources}
+    return {"cpu": resources["cpu"], "gpu": resources["gpu"]}
+
+
+def _kind_resources(table, config):
+    from ray.tune import PlacementGroupFactory
+
+    bundle = _bundle(table.get(config.get("kind", "train"), {}))
+    return PlacementGroupFactory([{"CPU": bundle["cpu"], "GPU": bundle["gpu"]}])
 
 
 # ---- tables: what a search-space spec can name ---------------------------------------------------
@@ -189,7 +209,53 @@ class Trainable(NamedTuple):
 
 TRAINABLES = {
     "train": Trainable(trainable.train, config.resolve, trainable.reported_metrics, train.total_epochs),
+    "deepaa_pretrain": Trainable(deepaa_trials.pretrain, deepaa_trials.resolve, deepaa_trials.pretrain_metrics,
+                                 deepaa_trials.pretrain_epochs),
+    "deepaa_layer": Trainable(deepaa_trials.search_layer, deepaa_trials.resolve, deepaa_trials.layer_metrics,
+                              deepaa_trials.reports),
 }
+
+
+# A sweep whose trials are of several kinds (DeepAA: pretraining, layer searches, training) runs one
+# trainable, "by_kind", which hands each trial to the TRAINABLES entry its config's "kind" names
+# (default "train"). Per-kind resources: a spec's resources {kind: {"cpu", "gpu"}}.
+def _kind(config):
+    config = dict(config)
+    kind = config.pop("kind", "train")
+    if kind not in TRAINABLES or kind == "by_kind":
+        raise UserError(f"unknown trial kind {kind!r}; valid kinds: {', '.join(k for k in TRAINABLES if k != 'by_kind')}")
+    return kind, config
+
+
+def _kind_dirname(trial):
+    # <kind>_<trial id>_<label>: Tune's default folder name spells out the suggested config, which
+    # for a DeepAA layer search is a run of frozen probabilities.
+    label = str(trial.config.get("label") or "").replace("/", "-")
+    return "_".join(part for part in (trial.config.get("kind", "train"), trial.trial_id, label) if part)
+
+
+def by_kind(config):
+    kind, config = _kind(config)
+    return TRAINABLES[kind].run(config)
+
+
+def resolve_kind(config):
+    """A trial config with a "kind" resolved by that kind's trainable, its "kind" kept."""
+    kind, config = _kind(config)
+    return {**TRAINABLES[kind].resolve(config), "kind": kind}
+
+
+def _by_kind_metrics(resolved):
+    kind, cfg = _kind(resolved)
+    return TRAINABLES[kind].metrics(cfg)
+
+
+def _by_kind_epochs(resolved):
+    kind, cfg = _kind(resolved)
+    return TRAINABLES[kind].epochs(cfg)
+
+
+TRAINABLES["by_kind"] = Trainable(by_kind, resolve_kind, _by_kind_metrics, _by_kind_epochs)
 
 
 def _grid(spec):
@@ -217,8 +283,18 @@ def _optuna(spec, sampler="tpe", **sampler_options):
                         sampler=samplers[sampler](seed=spec["seed"], **sampler_options))
 
 
+def _deepaa(spec, **options):
+    """Deep AutoAugment's layer-by-layer search and its evaluation (deepaa_search.DeepAASearcher)."""
+    from searchlab.deepaa_search import DeepAASearcher
+
+    if spec["trainable"] != "by_kind":
+        raise UserError(f"the deepaa searcher suggests trials of several kinds: its space needs trainable "
+                        f"'by_kind', got {spec['trainable']!r}")
+    return DeepAASearcher(**options)
+
+
 # name -> searcher(spec, **searcher_options)
-SEARCHERS = {"grid": _grid, "random": _grid, "optuna": _optuna}
+SEARCHERS = {"grid": _grid, "random": _grid, "optuna": _optuna, "deepaa": _deepaa}
 
 
 def _fifo(spec):
@@ -271,8 +347,14 @@ def _refine_figures(spec, experiment):
     return refine_figures(experiment)
 
 
+def _deepaa_figures(spec, experiment):
+    from searchlab.analysis.deepaa_figures import deepaa_figures
+
+    return deepaa_figures(experiment)
+
+
 # name -> figures(spec, experiment): the figures and tables a study writes when its sweep ends
-FIGURES = {"splitbn": _splitbn_figures, "refine": _refine_figures}
+FIGURES = {"splitbn": _splitbn_figures, "refine": _refine_figures, "deepaa": _deepaa_figures}
 
 
 def write_figures(spec, experiment):
