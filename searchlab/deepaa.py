@@ -656,7 +656,7 @@ def search_layer(proxy, pools, frozen, layer, space=None, settings=None, until=N
 def policy_probs(logits_per_layer):
     """Each layer's softmax as float32 [K, E]: exactly what a policy file stores, so sampling from
     these and from the reloaded file draws the same."""
-    return np.stack([torch.softmax(torch.as_tensor(logits).detach().double(), 0).float().cpu().numpy()
+    return np.stack([torch.softmax(torch.as_tensor(logits, dtype=torch.float64).detach(), 0).float().cpu().numpy()
                      for logits in logits_per_layer])
 
 

@@ -102,6 +102,27 @@ def test_augmix_jsd_is_the_reference_loss(batch):
     assert plain.item() == pytest.approx(cross_entropy, rel=1e-5)
 
 
+def test_batch_augment_is_the_mean_loss_over_independently_augmented_copies(batch):
+    """Hoffer et al.'s Batch Augmentation: with an augmentation that draws nothing it is the plain
+    loss; with a random one, the copies differ and the loss is the mean cross-entropy over all."""
+    data, x, y, norm = batch
+    model = model_for(data)
+    regime = regime_of(resolve({"regime": "batch_augment", "batch_augment": {"copies": 3}}), "batch_augment")
+    plain = Pipeline("none", None, 10)
+    loss, logits = regime(model, x, y, plain, torch.Generator().manual_seed(0), norm)
+    torch.testing.assert_close(loss, F.cross_entropy(model(norm(x)), y))
+    torch.testing.assert_close(logits, model(norm(x)))
+
+    flip = Pipeline([{"op": "flip", "p": 0.5}], None, 10)
+    model.eval()  # BatchNorm on its running statistics: the copies' losses can be taken one by one
+    loss, _ = regime(model, x, y, flip, torch.Generator().manual_seed(1), norm)
+    generator = torch.Generator().manual_seed(1)
+    views = [flip.images(x, generator) for _ in range(3)]
+    assert not torch.equal(views[0], views[1])
+    per_image = [F.cross_entropy(model(norm(v)), y, reduction="none") for v in views]
+    torch.testing.assert_close(loss, torch.cat(per_image).mean())
+
+
 @pytest.mark.parametrize("name", REGIMES)
 def test_every_regime_trains_and_replays(batch, name):
     """One optimiser step per regime: a finite loss with gradients, N rows of logits, and the same
