@@ -72,6 +72,19 @@ def finished_trials(experiment_dir):
             for t in found]
 
 
+def result_rows(path):
+    """The reports in a trial's result.json (Tune's JSON lines, one per report, in order); a line
+    that does not parse (the last one, while Tune is writing it) is left out."""
+    rows = []
+    with open(path) as f:
+        for line in f:
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return rows
+
+
 def flat(config, prefix=""):
     """{dotted key: value} of a nested config; lists (pipelines, phases) stay whole values."""
     out = {}
