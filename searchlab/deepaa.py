@@ -30,7 +30,7 @@ API (a trainable or searcher strings these together; tests/test_deepaa.py shows 
                                                        entry entries[i] to image i; space.names
         sample_layers(x, layer_probs, generator, space)
                                                        -> (images, entries [L, N]): a policy applied
-                                                       draw for draw as policies.deepaa does
+                                                       draw for draw as policies.deepaa (mirror=False)
 
     Search
         Settings(points=16, val_images=64, exp_gt_factor=4, exp_g=16, std_penalty=1.0, lr=0.025,
@@ -374,7 +374,7 @@ class Space:
 def sample_layers(x, layer_probs, generator, space):
     """Apply a policy [L, E]: for each layer, every image draws an entry from that layer's row and it
     is applied. Returns the images and the entries drawn [L, N]. With the default space this is
-    ``policies.deepaa(x, generator, layer_probs)`` draw for draw."""
+    ``policies.deepaa(x, generator, layer_probs, mirror=False)`` draw for draw."""
     layer_probs = torch.as_tensor(layer_probs, dtype=torch.float64).reshape(-1, len(space))
     entries = []
     for row in layer_probs:

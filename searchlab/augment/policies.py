@@ -382,14 +382,15 @@ def apply_entries(x, entries, generator, table=None, mirror=False, fill=DEEPAA_F
     return x
 
 
-def deepaa(x, generator, policy_probs=None, table=None, mirror=False, policy=None, fill=DEEPAA_FILL):
+def deepaa(x, generator, policy_probs=None, table=None, mirror=True, policy=None, fill=DEEPAA_FILL):
     """Apply a Deep AutoAugment policy: for each layer k, every image draws one entry of the table
     from row k of ``policy_probs`` [K, len(table)] and it is applied (``apply_entries``).
 
     ``policy`` is the alternative to ``policy_probs``: the path of a policy file (see
     ``save_policy``), read again when the file changes; the table it was searched on comes with it.
     ``mirror`` flips the sign of the geometric ops' magnitude for half of the images, as the
-    authors' evaluation code does. ``fill`` is the colour of the crop's padding and of the cutout
+    authors' evaluation code does (``random_mirror``), hence the default; their search never
+    mirrors, so ``mirror=False`` applies exactly what was searched. ``fill`` is the colour of the crop's padding and of the cutout
     square: one value or one per channel, by default the authors' CIFAR mean colour (0 is black).
     """
     if (policy is None) == (policy_probs is None):
