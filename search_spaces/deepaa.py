@@ -1,6 +1,6 @@
 """Deep AutoAugment (DESIGN.md section 2, study 4; Zheng et al., ICLR 2022), searched by DeepAASearcher.
 
-    searchlab sweep deepaa --arg smoke=True           # small CNN proxy, 2 layers of 8 steps, 2-epoch evaluations: minutes on 2 CPUs
+    searchlab sweep deepaa --arg smoke=True           # small CNN proxy, 2 layers of 8 steps, 2-epoch evaluations
     searchlab sweep deepaa                            # the paper's CIFAR-10 settings (needs GPUs: --arg gpus=1)
     searchlab sweep deepaa --arg layers=3 --arg steps=64 --arg proxy=resnet20   # a small real search
 
@@ -31,7 +31,8 @@ def space(dataset: str = "cifar10", smoke: bool = False, layers: int = 6, steps:
     if smoke:
         layers, steps, proxy, pretrain_epochs, model, epochs, eval_seeds = 2, 8, "small_cnn", 3, "small_cnn", 2, 1
         points, val_images, exp_gt_factor, exp_g, report_every, deepta_steps = 2, 16, 1, 2, 4, 4
-        baselines, data, train_size = ("deepta", "none"), {"dataset": dataset, "val_size": 2000, "train_size": 6000}, 3000
+        baselines, train_size = ("deepta", "none"), 3000
+        data = {"dataset": dataset, "val_size": 2000, "train_size": 6000}
     elif train_size:
         data["train_size"] = train_size + 5000  # the proxy's 5,000 and the search's training pool
     search = {

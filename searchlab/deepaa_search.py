@@ -65,7 +65,7 @@ class DeepAASearcher(Searcher):
         # Everything below is the state save() pickles: numbers, strings, lists and dicts.
         self.state = {
             "pretrain": "todo",  # todo | running | done | failed
-            "searches": {name: {**s, "logits": [], "running": None, "status": "searching", "hours": []}
+            "searches": {name: {**s, "logits": [], "running": None, "status": "searching"}
                          for name, s in searches.items()},
             "baselines": [self._evaluation(label, pipeline, seed) for label, pipeline in self._baselines(baselines)
                           for seed in range(eval_seeds)],
@@ -91,9 +91,13 @@ class DeepAASearcher(Searcher):
         # Every kind of trial this searcher will suggest, resolved now: a bad setting fails here.
         from searchlab.sweep import resolve_kind
 
-        for config in (self._pretrain_config(), self._layer_config("deepaa-s0", 0, []),
-                       self._evaluation("check", [], 0)["config"]):
+        for config in self.example_configs():
             resolve_kind(config)
+
+    def example_configs(self):
+        """A trial config of each kind this searcher suggests (spaces.check_data reads their data)."""
+        return [self._pretrain_config(), self._layer_config("deepaa-s0", 0, []),
+                self._evaluation("check", [], 0)["config"]]
 
     def _pretrain_config(self):
         return {"kind": "deepaa_pretrain", **{k: v for k, v in self.search.items() if k != "deepaa"},
@@ -180,7 +184,6 @@ class DeepAASearcher(Searcher):
             search["status"] = "failed"
             return
         search["logits"].append(list(result["logits"]))
-        search["hours"].append(result.get("device_hours", 0.0))
         identity = result.get("identity_prob", 0.0)
         threshold = self.identity_threshold
         stop_early = search["method"] == "deepaa" and threshold is not None and identity >= threshold

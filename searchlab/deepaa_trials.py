@@ -108,8 +108,10 @@ def pretrain(config):
     pools = _pools(cfg, data)
     record_trial(cfg)
     path = proxy_path(cfg)
-    if os.path.exists(path):  # trained by an earlier search with the same data, recipe and seed
-        tune.report({"epoch": cfg["proxy"]["epochs"], "train_loss": float("nan"), "epoch_time": 0.0, "device_hours": 0.0,
+    state, unlogged = latest_state()
+    if state is None and os.path.exists(path):  # trained by an earlier search with the same data, recipe and seed
+        tune.report({"epoch": cfg["proxy"]["epochs"], "train_loss": float("nan"), "epoch_time": 0.0,
+                     "device_hours": 0.0,
                      "proxy_val_acc": torch.load(path, weights_only=True)["val_acc"], "cached": True})
         return
     proxy = cfg["proxy"]
@@ -117,7 +119,6 @@ def pretrain(config):
     model = build_model(proxy["model"], data.num_classes).to(device)
     optimizer = deepaa.pretrain_optimizer(model, optim)
     history = []
-    state, unlogged = latest_state()
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])

@@ -256,10 +256,13 @@ def check_data(spec):
     """Fail early, on the driver, when a dataset the sweep needs is not on disk."""
     from searchlab import corruptions
     from searchlab.data import require
-    from searchlab.sweep import TRAINABLES
+    from searchlab.sweep import SEARCHERS, TRAINABLES, build, resolve_kind
 
-    for example in examples(spec["param_space"]):
-        cfg = TRAINABLES[spec["trainable"]].resolve(example)
+    configs = [TRAINABLES[spec["trainable"]].resolve(example) for example in examples(spec["param_space"])]
+    # A searcher that suggests whole trials of its own (DeepAA's) shows one of each kind.
+    searcher = build(SEARCHERS, "searcher", spec)
+    configs += [resolve_kind(c) for c in getattr(searcher, "example_configs", list)()]
+    for cfg in configs:
         data = cfg.get("data")
         if data:
             require(data["dataset"], data["root"])

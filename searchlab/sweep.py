@@ -223,7 +223,8 @@ def _kind(config):
     config = dict(config)
     kind = config.pop("kind", "train")
     if kind not in TRAINABLES or kind == "by_kind":
-        raise UserError(f"unknown trial kind {kind!r}; valid kinds: {', '.join(k for k in TRAINABLES if k != 'by_kind')}")
+        kinds = ", ".join(k for k in TRAINABLES if k != "by_kind")
+        raise UserError(f"unknown trial kind {kind!r}; valid kinds: {kinds}")
     return kind, config
 
 

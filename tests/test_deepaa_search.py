@@ -86,7 +86,8 @@ def test_pretrain_first_then_layer_by_layer_then_evaluations(tmp_path):
                for label in {c["label"] for c in evaluations})
     order = [c["label"] for c in log]
     for s in (0, 1):
-        assert min(i for i, x in enumerate(order) if x.startswith(f"deepaa-s{s}-L")) > order.index(f"deepaa-s{s}/layer2")
+        first_evaluation = min(i for i, x in enumerate(order) if x.startswith(f"deepaa-s{s}-L"))
+        assert first_evaluation > order.index(f"deepaa-s{s}/layer2")
 
 
 def test_exported_policy_and_evaluation_policies_match_the_reported_logits(tmp_path):
@@ -198,3 +199,11 @@ def test_by_kind_dispatch_and_per_kind_resources():
     assert sweep.TRAINABLES["by_kind"].metrics(resolved)[1] == ["logits"]
     with pytest.raises(UserError, match="unknown trial kind 'pretrain'; valid kinds: train, deepaa_pretrain"):
         sweep.resolve_kind({"kind": "pretrain"})
+
+
+def test_a_missing_dataset_stops_the_sweep_before_it_starts(tmp_path, monkeypatch):
+    from searchlab import spaces
+
+    monkeypatch.setenv("SEARCHLAB_DATA", str(tmp_path))
+    with pytest.raises(UserError, match="cifar10"):
+        spaces.check_data(spaces.load("deepaa", {"smoke": True}))
