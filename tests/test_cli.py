@@ -22,7 +22,7 @@ def one_line_error(result):
 
 
 @pytest.mark.parametrize("args, expected", [
-    (["sweep", "nope"], "unknown search space 'nope'; valid search spaces: augmentations, baseline, cka_study, optuna_lr_wd, quickstart"),
+    (["sweep", "nope"], "unknown search space 'nope'; valid search spaces: augmentations, baseline, cka_study, deepaa, optuna_lr_wd, quickstart"),
     (["sweep", "baseline", "--arg", "smok=1"], "unknown argument(s) smok for search space 'baseline'; valid arguments: smoke, depths, seeds, gpu"),
     (["sweep", "baseline", "--arg", "smoke"], "--arg takes key=value, got 'smoke'"),
     (["sweep", "optuna_lr_wd", "--arg", "model=vgg"], "unknown model.name 'vgg'; valid: resnet20"),
