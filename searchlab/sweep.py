@@ -114,6 +114,7 @@ def trial_table(experiment):
             raise UserError(f"{path.name} in {experiment} is cut short (the driver was killed while Tune "
                             f"wrote it); `searchlab resume {experiment}` puts back its last readable copy")
     trials = sorted(ExperimentAnalysis(str(experiment)).trials, key=str)
+    statuses = recorded_statuses(experiment)
     configs = [spaces.flatten(t.config) for t in trials]
     # The config keys whose values differ between trials say what each trial is.
     keys = dict.fromkeys(k for c in configs for k in c)
@@ -129,10 +130,18 @@ def trial_table(experiment):
         row = {"trial": str(trial)}
         if best is not None:
             row["best"] = "*" if i == best else ""
-        rows.append({**row, "status": trial.status,
+        rows.append({**row, "status": statuses.get(trial.trial_id, trial.status),
                      **{k: _short(flat.get(k)) for k in varying},
                      **{k: result[k] for k in metrics if k in result}})
     return rows
+
+
+def recorded_statuses(experiment):
+    """{trial id: status} as the newest experiment state records them. ExperimentAnalysis loads a
+    RUNNING trial as PENDING (what a restored trial becomes), which would show a live sweep idle."""
+    newest = max(glob.glob(str(Path(experiment) / "experiment_state-*.json")), key=os.path.getmtime)
+    trials = [json.loads(state) for state, _ in json.loads(Path(newest).read_text())["trial_data"]]
+    return {t["trial_id"]: t["status"] for t in trials}
 
 
 def _short(value):

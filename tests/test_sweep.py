@@ -77,3 +77,15 @@ def test_dead_worker_is_retried_from_its_checkpoint(ray_session, cifar_data, tmp
     assert [r["epoch"] for r in rows] == [1, 2, 3, 4]
     assert rows[0]["pid"] == killed[0][2] != rows[-1]["pid"]
     assert sweep.trial_table(experiment)[0]["status"] == "TERMINATED"
+
+
+def test_status_shows_the_recorded_status_of_a_running_trial(tmp_path):
+    """ExperimentAnalysis loads RUNNING trials as PENDING; the table takes the status Tune recorded
+    in its newest experiment state."""
+    import os
+
+    old, new = tmp_path / "experiment_state-1.json", tmp_path / "experiment_state-2.json"
+    for path, status in ((old, "PENDING"), (new, "RUNNING")):
+        path.write_text(json.dumps({"trial_data": [[json.dumps({"trial_id": "a1", "status": status}), "{}"]]}))
+    os.utime(old, (1, 1))
+    assert sweep.recorded_statuses(tmp_path) == {"a1": "RUNNING"}
