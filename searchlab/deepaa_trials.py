@@ -1,12 +1,12 @@
 """Deep AutoAugment's two kinds of Tune trial: pretraining the proxy, and searching one policy layer.
 
-``pretrain(config)`` trains the proxy network epoch by epoch (``deepaa.pretrain_epoch``) and leaves
-it in a cache shared by every search with the same data, proxy recipe and seed; a second search
-finds it there and trains nothing. ``search_layer(config)`` loads that proxy and searches layer
-``deepaa.layer`` given the frozen earlier layers (``deepaa.frozen``, their probabilities), reporting
-every ``deepaa.report_every`` steps with a checkpoint of the layer's state (logits, Adam, step,
-generator), so that it resumes mid-layer. Its last report carries the layer's ``logits``, which
-``DeepAASearcher`` reads to suggest the next layer.
+``deepaa_pretrain(config)`` trains the proxy network epoch by epoch (``deepaa.pretrain_epoch``) and
+leaves it in a cache shared by every search with the same data, proxy recipe and seed; a second
+search finds it there and trains nothing. ``deepaa_layer(config)`` loads that proxy and searches
+layer ``deepaa.layer`` given the frozen earlier layers (``deepaa.frozen``, their probabilities),
+reporting every ``deepaa.report_every`` steps (reports numbered by ``epoch``) with a checkpoint of
+the layer's state (logits, Adam, step, generator), so that it resumes mid-layer. Its last report
+carries the layer's ``logits``, which ``DeepAASearcher`` reads to suggest the next layer.
 
 Both take a config of the groups in ``DEFAULTS`` (checked as the training config is); the sweep
 dispatches to them by the trial config's ``kind`` (``sweep.TRAINABLES``).
@@ -86,7 +86,7 @@ def pretrain_metrics(cfg):
 
 
 def layer_metrics(cfg):
-    every = ["report", "layer", "step", "cos_before", "cos_before_std", "cos_after", "reward_mean",
+    every = ["epoch", "layer", "step", "cos_before", "cos_before_std", "cos_after", "reward_mean",
              "reward_std", "entropy", "identity_prob", "top5", "step_time", "device_hours"]
     return every, ["logits"]
 
@@ -102,7 +102,7 @@ def reports(cfg):
 
 # ---- pretraining -----------------------------------------------------------------------------
 
-def pretrain(config):
+def deepaa_pretrain(config):
     cfg = resolve(config)
     device, data = _setup(cfg)
     pools = _pools(cfg, data)
@@ -185,7 +185,7 @@ def load_proxy(cfg, num_classes, device):
 
 # ---- one layer's search ----------------------------------------------------------------------
 
-def search_layer(config):
+def deepaa_layer(config):
     cfg = resolve(config)
     device, data = _setup(cfg)
     pools = _pools(cfg, data)
@@ -196,12 +196,12 @@ def search_layer(config):
     # One seed per (search, layer): a layer's draws do not repeat the previous layer's.
     layer = deepaa.LayerSearch(len(space), run, seed=cfg["seed"] * 1_000 + layer_number, device=device)
     history, seconds = [], 0.0
-    state, unlogged = latest_state("report")
+    state, unlogged = latest_state()
     if state is not None:
         layer.load_state_dict(state["layer"])
         history, seconds = state["history"], state["seconds"]
         for metrics in history:
-            if metrics["report"] in unlogged:
+            if metrics["epoch"] in unlogged:
                 tune.report(metrics)
     devices = _devices(device)
     while layer.step < run.steps:
@@ -210,12 +210,13 @@ def search_layer(config):
                                    until=min(layer.step + cfg["deepaa"]["report_every"], run.steps))
         elapsed = time.perf_counter() - began
         seconds += elapsed
-        metrics = {"report": len(history) + 1, **summary(logs), "identity_prob": float(layer.probs[IDENTITY]),
+        # "epoch" numbers the reports, as it numbers a training trial's: the unit of resume and of ASHA's rungs.
+        metrics = {"epoch": len(history) + 1, **summary(logs), "identity_prob": float(layer.probs[IDENTITY]),
                    "step_time": elapsed / len(logs), "device_hours": seconds * devices / 3600}
         if layer.step == run.steps:
             metrics["logits"] = layer.logits.detach().cpu().tolist()
         history.append(metrics)
-        _report(metrics["report"], {"layer": layer.state_dict(), "history": history, "seconds": seconds},
+        _report(metrics["epoch"], {"layer": layer.state_dict(), "history": history, "seconds": seconds},
                 cfg, metrics)
 
 

@@ -218,9 +218,9 @@ class Trainable(NamedTuple):
 
 TRAINABLES = {
     "train": Trainable(trainable.train, config.resolve, trainable.reported_metrics, train.total_epochs),
-    "deepaa_pretrain": Trainable(deepaa_trials.pretrain, deepaa_trials.resolve, deepaa_trials.pretrain_metrics,
+    "deepaa_pretrain": Trainable(deepaa_trials.deepaa_pretrain, deepaa_trials.resolve, deepaa_trials.pretrain_metrics,
                                  deepaa_trials.pretrain_epochs),
-    "deepaa_layer": Trainable(deepaa_trials.search_layer, deepaa_trials.resolve, deepaa_trials.layer_metrics,
+    "deepaa_layer": Trainable(deepaa_trials.deepaa_layer, deepaa_trials.resolve, deepaa_trials.layer_metrics,
                               deepaa_trials.reports),
 }
 

@@ -137,11 +137,8 @@ def reported_metrics(cfg):
 
 # ---- resume -----------------------------------------------------------------------------------
 
-def latest_state(key="epoch"):
+def latest_state():
     """(the newest loadable training state of this trial or None, the epochs to report again).
-
-    ``key`` is the metric that numbers a trial's reports and its checkpoints (``checkpoint.save``'s
-    ``epoch``): epochs here, reports of a DeepAA layer search there.
 
     Tune hands back the checkpoint named in its last experiment snapshot, which can be older than
     the newest one on storage when the driver was killed; so the trial's folder on storage is
@@ -150,7 +147,7 @@ def latest_state(key="epoch"):
     start (``checkpoint.newest_state``).
     """
     given = tune.get_checkpoint()
-    stored, logged = storage_checkpoints(key)
+    stored, logged = storage_checkpoints()
     candidates = ([given] if given else []) + stored
     with tempfile.TemporaryDirectory() as scratch:
         folders = [local_folder(c, os.path.join(scratch, str(i))) for i, c in enumerate(candidates)]
@@ -162,7 +159,7 @@ def latest_state(key="epoch"):
     # results only with a checkpoint), and that file replaces the one on storage: every epoch of
     # the history must be reported again. This happens when resume had to fall back to an older
     # copy of Tune's state (sweep.repair_state).
-    return state, epochs_to_report([m[key] for m in state["history"]], known, logged if given else set())
+    return state, epochs_to_report([m["epoch"] for m in state["history"]], known, logged if given else set())
 
 
 def epochs_to_report(epochs, known, logged):
@@ -178,9 +175,8 @@ def epochs_to_report(epochs, known, logged):
     return {e for e in epochs if e > known and e not in logged}
 
 
-def storage_checkpoints(key="epoch"):
-    """(this trial's checkpoints on the experiment storage, the ``key`` values (epochs) in its
-    result.json there).
+def storage_checkpoints():
+    """(this trial's checkpoints on the experiment storage, the epochs in its result.json there).
 
     Tune's trial directory is a local staging copy; the storage context knows the trial's folder on
     the storage, local or remote. ``([], None)`` when it cannot be found.
@@ -201,7 +197,7 @@ def storage_checkpoints(key="epoch"):
         with fs.open_input_stream(f"{folder}/result.json") as f:
             for line in f.read().decode().splitlines():
                 try:
-                    logged.add(json.loads(line).get(key))
+                    logged.add(json.loads(line).get("epoch"))
                 except json.JSONDecodeError:  # a last line cut short by a kill
                     pass
     return stored, logged

@@ -31,7 +31,7 @@ def layer_rows(rng, layer, deepta, finished=True, steps=STEPS):
     rows, hours = [], 0.0
     for report, step in enumerate(steps, 1):
         hours += float(rng.uniform(0.1, 1))
-        rows.append({"report": report, "layer": layer, "step": step, "cos_before": float(rng.uniform(0, 1)),
+        rows.append({"epoch": report, "layer": layer, "step": step, "cos_before": float(rng.uniform(0, 1)),
                      "cos_before_std": 0.1, "cos_after": None if deepta else float(rng.uniform(0, 1)),
                      "reward_mean": 0.01, "reward_std": float(rng.uniform(0, 0.1)), "entropy": 4.0,
                      "identity_prob": 0.1, "top5": "Identity 0.100, flip 0.050", "step_time": 0.5,

@@ -43,7 +43,7 @@ def test_smoke_search_end_to_end(ray_session, cifar_data, tmp_path):
     for label in ("deepaa-s0/layer1", "deepaa-s0/layer2"):
         rows, = found[label]
         # Every report exactly once, every report_every steps; the logits with the last one.
-        assert [r["report"] for r in rows] == [1, 2] and [r["step"] for r in rows] == [2, 4]
+        assert [r["epoch"] for r in rows] == [1, 2] and [r["step"] for r in rows] == [2, 4]
         assert "logits" in rows[-1] and all("logits" not in r for r in rows[:-1])
         assert all(-1 <= r["cos_before"] <= 1 and r["reward_std"] >= 0 for r in rows)
     layer1, layer2 = found["deepaa-s0/layer1"][0], found["deepaa-s0/layer2"][0]
@@ -118,7 +118,7 @@ def test_driver_killed_mid_layer_resumes_at_that_layer_and_step(cifar_data, tmp_
     for label in ("deepaa-s0/layer1", "deepaa-s0/layer2"):
         rows, = after[label]
         # Every report exactly once, in order, each at its step: the layer went on where it stopped.
-        assert [r["report"] for r in rows] == list(range(1, steps // every + 1)), label
+        assert [r["epoch"] for r in rows] == list(range(1, steps // every + 1)), label
         assert [r["step"] for r in rows] == list(range(every, steps + 1, every)), label
     layer1, layer2 = after["deepaa-s0/layer1"][0], after["deepaa-s0/layer2"][0]
     assert layer1 == before["deepaa-s0/layer1"][0]  # finished before the kill: not run again

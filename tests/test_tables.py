@@ -81,7 +81,7 @@ def test_every_trainable_resolves_and_declares_its_metrics(name):
 
 @pytest.mark.parametrize("name", sweep.SEARCHERS)
 def test_every_searcher_builds(name):
-    spec = spaces.load("optuna_lr_wd" if name == "optuna" else "quickstart")
+    spec = spaces.load({"optuna": "optuna_lr_wd", "deepaa": "deepaa"}.get(name, "quickstart"))
     spec["searcher"] = name
     from ray.tune.search import Searcher
     from ray.tune.search.basic_variant import BasicVariantGenerator
