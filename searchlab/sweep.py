@@ -139,7 +139,9 @@ def trial_table(experiment):
 def recorded_statuses(experiment):
     """{trial id: status} as the newest experiment state records them. ExperimentAnalysis loads a
     RUNNING trial as PENDING (what a restored trial becomes), which would show a live sweep idle."""
-    newest = max(glob.glob(str(Path(experiment) / "experiment_state-*.json")), key=os.path.getmtime)
+    # The newest by name (its session's start), as ExperimentAnalysis picks it: a resume leaves the
+    # older session's file beside it, and Tune's syncing can leave that one the later mtime.
+    newest = sorted(glob.glob(str(Path(experiment) / "experiment_state-*.json")))[-1]
     trials = [json.loads(state) for state, _ in json.loads(Path(newest).read_text())["trial_data"]]
     return {t["trial_id"]: t["status"] for t in trials}
 

@@ -81,11 +81,9 @@ def test_dead_worker_is_retried_from_its_checkpoint(ray_session, cifar_data, tmp
 
 def test_status_shows_the_recorded_status_of_a_running_trial(tmp_path):
     """ExperimentAnalysis loads RUNNING trials as PENDING; the table takes the status Tune recorded
-    in its newest experiment state."""
-    import os
-
-    old, new = tmp_path / "experiment_state-1.json", tmp_path / "experiment_state-2.json"
-    for path, status in ((old, "PENDING"), (new, "RUNNING")):
+    in its newest experiment state (a resume's, not the older session's it leaves beside it)."""
+    old = tmp_path / "experiment_state-2026-01-01_10-00-00.json"
+    new = tmp_path / "experiment_state-2026-01-02_09-00-00.json"
+    for path, status in ((new, "TERMINATED"), (old, "RUNNING")):  # the older session's file written last
         path.write_text(json.dumps({"trial_data": [[json.dumps({"trial_id": "a1", "status": status}), "{}"]]}))
-    os.utime(old, (1, 1))
-    assert sweep.recorded_statuses(tmp_path) == {"a1": "RUNNING"}
+    assert sweep.recorded_statuses(tmp_path) == {"a1": "TERMINATED"}
