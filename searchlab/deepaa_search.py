@@ -10,8 +10,8 @@
    rate 0): their trials only measure cos(g_V, g_T) and the reward spread of stacked uniform
    layers, the paper's Fig. 4 baseline;
 3. the evaluation trials (``kind`` train): each search's policy cut to every depth of
-   ``eval_layers``, and the ``baselines``, ``eval_seeds`` seeds each. Baselines need no search, so
-   they fill slots that the searches leave idle.
+   ``eval_layers`` (queued as soon as that layer is searched), and the ``baselines``, ``eval_seeds``
+   seeds each. They fill the slots the searches leave idle, the searched policies first.
 
 Each finished search is exported to ``EXPERIMENT/deepaa/<search>.npz`` (the authors' layout). The
 whole state is a plain dict of numbers, strings and lists, pickled by ``save`` and put back by
@@ -65,7 +65,7 @@ class DeepAASearcher(Searcher):
         # Everything below is the state save() pickles: numbers, strings, lists and dicts.
         self.state = {
             "pretrain": "todo",  # todo | running | done | failed
-            "searches": {name: {**s, "logits": [], "running": None, "status": "searching"}
+            "searches": {name: {**s, "logits": [], "running": None, "status": "searching", "evaluated": []}
                          for name, s in searches.items()},
             "baselines": [self._evaluation(label, pipeline, seed) for label, pipeline in self._baselines(baselines)
                           for seed in range(eval_seeds)],
@@ -151,14 +151,13 @@ class DeepAASearcher(Searcher):
                     config = self._layer_config(name, search["seed"], search["logits"], search["method"])
                     return self._start(trial_id, {"role": "layer", "search": name,
                                                   "layer": len(search["logits"]) + 1}, config)
-        searching = state["pretrain"] == "running" or any(
-            s["running"] for s in state["searches"].values())
-        if state["baselines"]:  # they need no search: they fill the slots the searches leave idle
-            return self._start(trial_id, {"role": "evaluation"}, state["baselines"].pop(0)["config"])
-        if searching:
+        # Evaluations fill the slots the searches leave idle: the searched policies' first, then the
+        # baselines, which need no search.
+        for queue in (state["evaluations"], state["baselines"]):
+            if queue:
+                return self._start(trial_id, {"role": "evaluation"}, queue.pop(0)["config"])
+        if state["pretrain"] == "running" or any(s["running"] for s in state["searches"].values()):
             return None  # Tune asks again once a layer completes
-        if state["evaluations"]:
-            return self._start(trial_id, {"role": "evaluation"}, state["evaluations"].pop(0)["config"])
         return Searcher.FINISHED
 
     def _start(self, trial_id, role, config):
@@ -184,27 +183,35 @@ class DeepAASearcher(Searcher):
             search["status"] = "failed"
             return
         search["logits"].append(list(result["logits"]))
-        identity = result.get("identity_prob", 0.0)
-        threshold = self.identity_threshold
-        stop_early = search["method"] == "deepaa" and threshold is not None and identity >= threshold
-        if len(search["logits"]) == self.layers or stop_early:
+        if search["method"] == "deepta":  # a measurement: nothing to export or evaluate
+            search["status"] = "done" if len(search["logits"]) == self.layers else "searching"
+            return
+        k, threshold = len(search["logits"]), self.identity_threshold
+        done = k == self.layers or (threshold is not None and result.get("identity_prob", 0.0) >= threshold)
+        # A depth of eval_layers is evaluated as soon as it is searched; a search that stops early
+        # stands in for the deeper ones with all its layers.
+        depths = {min(d, k) for d in self.eval_layers} if done else {k} & set(self.eval_layers)
+        self._evaluate(name, search, sorted(depths - set(search["evaluated"])))
+        if done:
             search["status"] = "done"
-            if search["method"] == "deepaa":
-                self._finish(name, search)
+            self._export(name, search)
 
-    def _finish(self, name, search):
-        """Export the search's policy and queue its evaluations, one per depth and seed."""
+    def _evaluate(self, name, search, depths):
+        """Queue the evaluations of the search's policy cut to each of ``depths``, one per seed."""
         probs = deepaa.policy_probs(search["logits"])
+        for depth in depths:
+            search["evaluated"].append(depth)
+            for seed in range(self.eval_seeds):
+                self.state["evaluations"].append(
+                    self._evaluation(f"{name}-L{depth}", [self._policy_op(probs[:depth])], seed))
+
+    def _export(self, name, search):
         if self.experiment:
             folder = os.path.join(self.experiment, "deepaa")
             os.makedirs(folder, exist_ok=True)
             path = os.path.join(folder, f"{name}.npz")
             deepaa.export_policy(path, search["logits"])
             self.state["exported"][name] = path
-        for depth in sorted({min(k, len(probs)) for k in self.eval_layers}):  # one stopped early has fewer
-            for seed in range(self.eval_seeds):
-                self.state["evaluations"].append(
-                    self._evaluation(f"{name}-L{depth}", [self._policy_op(probs[:depth])], seed))
 
     # ---- resume ----------------------------------------------------------------------------------
 

@@ -78,7 +78,7 @@ def test_pretrain_first_then_layer_by_layer_then_evaluations(tmp_path):
                     for j in range(1, k)]
         np.testing.assert_allclose(c["deepaa"]["frozen"], expected, rtol=0, atol=0)
         assert c["seed"] == int(search[-1]) and c["deepaa"]["steps"] == 4
-    # Searched policies are evaluated only after their search; baselines fill idle slots before.
+    # A depth is evaluated once that layer is searched, and before the layer after it is suggested.
     evaluations = [c for c in log if c["kind"] == "train"]
     assert sorted({c["label"] for c in evaluations}) == ["deepaa-s0-L1", "deepaa-s0-L2", "deepaa-s1-L1",
                                                          "deepaa-s1-L2", "deepta-L2", "none"]
@@ -86,8 +86,10 @@ def test_pretrain_first_then_layer_by_layer_then_evaluations(tmp_path):
                for label in {c["label"] for c in evaluations})
     order = [c["label"] for c in log]
     for s in (0, 1):
-        first_evaluation = min(i for i, x in enumerate(order) if x.startswith(f"deepaa-s{s}-L"))
-        assert first_evaluation > order.index(f"deepaa-s{s}/layer2")
+        for depth in (1, 2):
+            first = min(i for i, x in enumerate(order) if x == f"deepaa-s{s}-L{depth}")
+            assert order.index(f"deepaa-s{s}/layer{depth}") < first
+        assert order.index(f"deepaa-s{s}-L1") < order.index("none")  # searched policies before baselines
 
 
 def test_exported_policy_and_evaluation_policies_match_the_reported_logits(tmp_path):
