@@ -126,13 +126,15 @@ def deepaa_pretrain(config):
         for metrics in history:
             if metrics["epoch"] in unlogged:
                 tune.report(metrics)
+    devices = _devices(device)
     for epoch in range(len(history), proxy["epochs"]):
         began = time.perf_counter()
         generator = torch.Generator(device).manual_seed(proxy["seed"] * 100_003 + epoch)
         loss = deepaa.pretrain_epoch(model, pools.pretrain, optimizer, epoch, generator, pools.mean, pools.std, optim)
-        seconds = time.perf_counter() - began + sum(m["epoch_time"] for m in history)
-        metrics = {"epoch": epoch + 1, "train_loss": loss, "epoch_time": time.perf_counter() - began,
-                   "device_hours": seconds * _devices(device) / 3600}
+        elapsed = time.perf_counter() - began
+        seconds = elapsed + sum(m["epoch_time"] for m in history)
+        metrics = {"epoch": epoch + 1, "train_loss": loss, "epoch_time": elapsed,
+                   "device_hours": seconds * devices / 3600}
         if epoch + 1 == proxy["epochs"]:
             # Accuracy on the validation pool: how good a proxy the search gets.
             _, metrics["proxy_val_acc"] = evaluate(model, pools.val, pools.mean, pools.std)
