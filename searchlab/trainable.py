@@ -251,9 +251,23 @@ def log_augment_preview(phase, data, seed):
 
 
 def record_trial(cfg):
-    """Write the resolved config, seed and code version into the trial directory."""
+    """Write the resolved config, seed and code version into the trial directory, and where the trial
+    runs: its Ray node, the GPUs Ray assigned it and the device it trains on (rewritten when a
+    retried trial starts again elsewhere)."""
     folder = tune.get_context().get_trial_dir()
     if folder:
         with open(os.path.join(folder, "searchlab_trial.json"), "w") as f:
-            json.dump({"config": cfg, "seed": cfg["seed"], "code_version": code_version()}, f,
-                      indent=2, default=str)
+            json.dump({"config": cfg, "seed": cfg["seed"], "code_version": code_version(),
+                       "placement": placement(cfg["device"])}, f, indent=2, default=str)
+
+
+def placement(device):
+    """Where this trial runs: {"node_id", "gpu_ids" (Ray's), "cuda_visible_devices", "device"}.
+
+    Ray sets CUDA_VISIBLE_DEVICES to the GPUs it assigned the trial, so "cuda" (device 0 of those)
+    is the trial's own GPU and never another trial's.
+    """
+    import ray
+
+    return {"node_id": ray.get_runtime_context().get_node_id(), "gpu_ids": ray.get_gpu_ids(),
+            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"), "device": pick_device(device)}
