@@ -56,7 +56,9 @@ def run(space, args=None, name=None, storage=None, address=None):
             scheduler=build(SCHEDULERS, "scheduler", spec),
             num_samples=spec["num_samples"],
             max_concurrent_trials=spec["max_concurrent_trials"],
-            reuse_actors=True,
+            # A reused actor keeps its resources from one trial to the next, so analysis actors
+            # (CKA) would find no room until the sweep ends: see analysis/actors.py.
+            reuse_actors=not spec["cka"],
             trial_dirname_creator=_kind_dirname if spec["trainable"] == "by_kind" else None,
         ),
         run_config=_run_config(spec, name, storage, experiment),
