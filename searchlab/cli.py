@@ -3,6 +3,7 @@ its networks by CKA, open TensorBoard on it; preview augmentations; prepare data
 import argparse
 import ast
 import inspect
+import json
 import os
 import signal
 import subprocess
@@ -294,15 +295,36 @@ def build_parser():
     return parser
 
 
-def main(argv=None):
+def ray_environment(address):
+    """Set what Ray reads once, when it is imported, for a driver of a cluster at ``address`` (None:
+    the one ``searchlab sweep`` starts on this machine). A value the user set is kept."""
     # Ray 2.60 turns token authentication on for a cluster that ray.init starts, and warns that it did
-    # so, unless RAY_AUTH_MODE names the mode. Name it before any command imports Ray (Ray reads it
-    # once, at import): token, Ray's own default, unless the user set a mode. Every Ray process this
-    # driver starts inherits it, so they agree; a driver in token mode also connects to a cluster
-    # started with authentication disabled. With --address, the token of a cluster started elsewhere
-    # must be in ~/.ray/auth_token (or RAY_AUTH_TOKEN_PATH).
+    # so, unless RAY_AUTH_MODE names the mode: token, Ray's own default. Every Ray process this driver
+    # starts inherits it, so they agree; a driver in token mode also connects to a cluster started
+    # with authentication disabled. With --address, the token of a cluster started elsewhere must be
+    # in ~/.ray/auth_token (or RAY_AUTH_TOKEN_PATH).
     os.environ.setdefault("RAY_AUTH_MODE", "token")
+    # Ray's servers (GCS, raylet, workers) listen on the node's network address, reachable from other
+    # machines. A cluster on this machine needs none of that: Ray's single-node switch makes them all
+    # listen on 127.0.0.1. RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=1 undoes it.
+    if not address or address.rsplit(":", 1)[0] in ("127.0.0.1", "localhost"):
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+
+
+def _address(a):
+    """The cluster address a command will use: --address, or for resume the sweep's own."""
+    if getattr(a, "address", None) or a.command != "resume":
+        return getattr(a, "address", None)
+    try:
+        with open(os.path.join(a.experiment, "searchlab_sweep.json")) as f:
+            return json.load(f).get("address")
+    except (OSError, ValueError):
+        return None  # resume itself explains what is wrong with the folder
+
+
+def main(argv=None):
     a = build_parser().parse_args(argv)
+    ray_environment(_address(a))
     try:
         return a.run(a)
     except (UserError, ValueError, FileNotFoundError) as e:

@@ -254,14 +254,25 @@ def _objectives(spec):
 
 def check_data(spec):
     """Fail early, on the driver, when a dataset the sweep needs is not on disk."""
-    from searchlab import corruptions
-    from searchlab.data import require
+    check_configs_data(example_configs(spec))
+
+
+def example_configs(spec):
+    """Resolved trial configs showing every choice of the space (plain dicts: they travel to the
+    nodes of a cluster, where ``check_configs_data`` checks the data as the trials will see it)."""
     from searchlab.sweep import SEARCHERS, TRAINABLES, build, resolve_kind
 
     configs = [TRAINABLES[spec["trainable"]].resolve(example) for example in examples(spec["param_space"])]
     # A searcher that suggests whole trials of its own (DeepAA's) shows one of each kind.
     searcher = build(SEARCHERS, "searcher", spec)
-    configs += [resolve_kind(c) for c in getattr(searcher, "example_configs", list)()]
+    return configs + [resolve_kind(c) for c in getattr(searcher, "example_configs", list)()]
+
+
+def check_configs_data(configs):
+    """UserError when a dataset these resolved trial configs need is not on disk here."""
+    from searchlab import corruptions
+    from searchlab.data import require
+
     for cfg in configs:
         data = cfg.get("data")
         if data:

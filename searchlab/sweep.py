@@ -18,7 +18,7 @@ from typing import Callable, NamedTuple
 
 from ray import tune
 
-from searchlab import config, deepaa_trials, spaces, trainable, train
+from searchlab import cluster, config, deepaa_trials, spaces, trainable, train
 from searchlab.errors import UserError
 
 RECORD = "searchlab_sweep.json"
@@ -45,6 +45,7 @@ def run(space, args=None, name=None, storage=None, address=None):
          "space_file": inspect.getsourcefile(module), "space_source": inspect.getsource(module)}, indent=2))
 
     _init_ray(address)
+    _check_cluster(spec, experiment, address)
     searcher = build(SEARCHERS, "searcher", spec)
     if hasattr(searcher, "experiment"):  # a searcher that writes into the experiment (DeepAA's policies)
         searcher.experiment = str(experiment)
@@ -80,7 +81,9 @@ def resume(experiment, address=None):
     trials_before = len(trial_table(experiment))
     spec = spaces.load(record["space"], record["args"])
 
-    _init_ray(address or record.get("address"))
+    address = address or record.get("address")
+    _init_ray(address)
+    _check_cluster(spec, experiment, address)
     tuner = tune.Tuner.restore(
         str(experiment), _trainable(spec), resume_errored=True,
         param_space=None if spec["searcher"] == "optuna" else spec["param_space"])
@@ -192,22 +195,26 @@ def _init_ray(address):
         ray.init(include_dashboard=False, **options)
 
 
+def _check_cluster(spec, experiment, address):
+    import ray
+
+    nodes = ray.nodes()
+    cluster.check_resources(spec, nodes)
+    if address:  # this machine's own Ray sees what the driver sees
+        cluster.check_nodes(spec, experiment, nodes)
+
+
 def _trainable(spec):
     run, resources = TRAINABLES[spec["trainable"]].run, spec["resources"]
     if all(isinstance(v, dict) for v in resources.values()):  # per kind of trial: {kind: {"cpu", "gpu"}}
         return tune.with_resources(run, partial(_kind_resources, resources))
-    return tune.with_resources(run, _bundle(resources))
-
-
-def _bundle(resources):
-    resources = {"cpu": 1, "gpu": 0, **resources}
-    return {"cpu": resources["cpu"], "gpu": resources["gpu"]}
+    return tune.with_resources(run, cluster.bundle(resources))
 
 
 def _kind_resources(table, config):
     from ray.tune import PlacementGroupFactory
 
-    bundle = _bundle(table.get(config.get("kind", "train"), {}))
+    bundle = cluster.bundle(table.get(config.get("kind", "train"), {}))
     return PlacementGroupFactory([{"CPU": bundle["cpu"], "GPU": bundle["gpu"]}])
 
 

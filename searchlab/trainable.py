@@ -262,7 +262,8 @@ def record_trial(cfg):
 
 
 def placement(device):
-    """Where this trial runs: {"node_id", "gpu_ids" (Ray's), "cuda_visible_devices", "device"}.
+    """Where and when this trial runs: {"node_id", "gpu_ids" (Ray's), "cuda_visible_devices",
+    "device", "started" (Unix time)}.
 
     Ray sets CUDA_VISIBLE_DEVICES to the GPUs it assigned the trial, so "cuda" (device 0 of those)
     is the trial's own GPU and never another trial's.
@@ -270,4 +271,5 @@ def placement(device):
     import ray
 
     return {"node_id": ray.get_runtime_context().get_node_id(), "gpu_ids": ray.get_gpu_ids(),
-            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"), "device": pick_device(device)}
+            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"), "device": pick_device(device),
+            "started": time.time()}
