@@ -1,6 +1,8 @@
 """The cluster path: resource requests checked before a sweep starts, declared GPUs shared as Ray
 assigns them, storage and data checked on every node, Ray listening on loopback."""
 import json
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -120,3 +122,18 @@ def test_the_ray_that_searchlab_starts_listens_on_loopback_only(tmp_path):
         process.wait(timeout=60)
     assert any(name.startswith("gcs_server") for name, _ in sockets) and any(n == "raylet" for n, _ in sockets)
     assert all(address in ("127.0.0.1", "::ffff:127.0.0.1", "::1") for _, address in sockets), sockets
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0 or not shutil.which("unshare"),
+                    reason="needs root and unshare: the worker node gets a mount namespace of its own")
+def test_a_node_that_cannot_see_the_storage_or_the_data_stops_the_sweep_before_it_starts(tmp_path, cifar_data):
+    storage, empty = tmp_path / "node_local", tmp_path / "no_data"
+    storage.mkdir()
+    empty.mkdir()
+    run = subprocess.run([sys.executable, str(HERE / "node_check_cluster.py"), str(storage), str(empty)],
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    done = json.loads(run.stdout.splitlines()[-1])
+    assert done["storage"].startswith(f"storage {storage} is not visible on 1 of the cluster's 2 nodes")
+    assert "on node " in done["data"] and f"{empty}/cifar10" in done["data"]
+    assert not list(tmp_path.glob("*/*/*/result.json"))  # no trial started
