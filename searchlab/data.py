@@ -73,7 +73,7 @@ def require(name, root=None):
 
 def _load_numpy(name, root):
     files = require(name, root)
-    arrays = {k: np.load(p) for k, p in files.items()}
+    arrays = {k: np.load(p, allow_pickle=False) for k, p in files.items()}  # no code from data files
     for k in ("train_x", "test_x"):
         if arrays[k].dtype != np.uint8 or arrays[k].ndim != 4:
             raise UserError(f"{files[k]} must be uint8 (N, H, W, C), got {arrays[k].dtype} "

@@ -137,7 +137,7 @@ def report(experiment_dir):
     rows = []
     for group, labels in sorted(study_trials(experiment_dir).items(), key=lambda kv: str(kv[0])):
         ref1, ref2 = newest_record(next(iter(labels.values())))["config"]["cka"]["references"]
-        load = lambda a, b: np.load(result_path(experiment_dir, group, a, b))["cka"]  # noqa: E731
+        load = lambda a, b: np.load(result_path(experiment_dir, group, a, b), allow_pickle=False)["cka"]  # noqa: E731
         if not os.path.exists(result_path(experiment_dir, group, ref1, ref2)):
             continue
         ref = load(ref1, ref2)
