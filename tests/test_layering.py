@@ -10,7 +10,7 @@ PACKAGE = Path(searchlab.__file__).parent
 LOWER = ["errors", "data", "corruptions", "augment", "models", "splitbn", "regimes", "train", "deepaa", "fourier",
          "evals", "checkpoint", "config", "analysis.cka"]
 # Everything else in the package is above all of them.
-ABOVE = ["version", "trainable", "deepaa_trials", "deepaa_search", "spaces", "sweep", "cli", "analysis.study",
+ABOVE = ["version", "trainable", "deepaa_trials", "deepaa_search", "spaces", "cluster", "sweep", "cli", "analysis.study",
          "analysis.actors", "analysis.figures", "analysis.refinement", "analysis.deepaa_figures"]
 
 
