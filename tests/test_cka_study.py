@@ -1,4 +1,5 @@
 """The CKA study's bookkeeping: which comparisons, when, in actors during a sweep, and on resume."""
+import json
 import os
 import subprocess
 import sys
@@ -57,3 +58,15 @@ def test_cka_actors_during_a_sweep_then_searchlab_cka(ray_session, tmp_path):
     assert "computed 1 comparison(s)" in run.stdout and "crop" in run.stdout
     assert (folder / "none2__crop.npz").exists() and kept.stat().st_mtime_ns == before
     assert study.pending(experiment) == []
+
+
+def test_comparisons_start_while_trials_fill_the_cluster(ray_session, tmp_path):
+    # 2 slots, 6 trials: when the references end, augmented runs wait for every freed slot. The
+    # analysis actor must get one then, not after the sweep: the references' comparison is on disk
+    # before the last augmented run starts (the runs go in order, two at a time at most).
+    experiment = sweep.run(str(Path(__file__).parent / "spaces" / "cka_busy.py"), name="busy", storage=tmp_path)
+    starts = sorted(json.loads(p.read_text())["placement"]["started"]
+                    for p in experiment.glob("*/searchlab_trial.json")
+                    if json.loads(p.read_text())["config"]["cka"]["label"].startswith("crop"))
+    compared = (experiment / "cka" / "small_cnn" / "none1__none2.npz").stat().st_mtime
+    assert len(starts) == 4 and compared < starts[-1]
