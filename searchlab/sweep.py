@@ -181,8 +181,19 @@ def _init_ray(address):
         return
     # How loud Ray is on the driver and in the workers: see configure_console.
     options = {"logging_level": _console["ray_level"]}
+    runtime_env = {}
     if _console["worker_setup"]:
-        options["runtime_env"] = {"worker_process_setup_hook": _console["worker_setup"]}
+        runtime_env["worker_process_setup_hook"] = _console["worker_setup"]
+    # Trials' OpenMP threads sleep as soon as a parallel region ends (PASSIVE) instead of spinning
+    # (libgomp's default spins ~300k iterations, ACTIVE for good). A trial's threads equal its CPUs,
+    # so a spinning thread takes a core the driver, Ray or a neighbouring trial wanted, and a
+    # training step is made of many small ops, each ending in a barrier that waits for the slowest
+    # thread. Measured with tests/bench/bench_sweep.py (see its notes). libgomp reads the variable
+    # when torch loads it, so it goes in the workers' environment from the start; a value the user
+    # set (OMP_WAIT_POLICY or GOMP_SPINCOUNT) is theirs to keep, and is passed on to every node.
+    omp = {k: os.environ[k] for k in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT") if k in os.environ}
+    runtime_env["env_vars"] = omp or {"OMP_WAIT_POLICY": "PASSIVE"}
+    options["runtime_env"] = runtime_env
     # RAY_AUTH_MODE is read when Ray is imported, so it cannot be set here: the CLI sets it.
     if address:
         ray.init(address=address, **options)
