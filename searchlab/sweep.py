@@ -12,6 +12,7 @@ import glob
 import inspect
 import json
 import os
+import time
 from functools import partial
 from pathlib import Path
 from typing import Callable, NamedTuple
@@ -419,12 +420,21 @@ class StateBackup(tune.Callback):
     """Keeps the last readable copy of each of Tune's state files in EXPERIMENT/.searchlab_state/,
     for ``repair_state`` to put back before a resume."""
 
+    # Tune steps its loop many times a second (1385 steps for 8 trials of 10 epochs), and globbing
+    # the experiment folder each step took as much of the driver's CPU as Tune's own snapshots: look
+    # at most once a PERIOD_S. Tune snapshots every 10 s or more, except when a trial has saved
+    # num_to_keep checkpoints since the last one, so a copy is at most a second behind.
+    PERIOD_S = 1.0
+
     def __init__(self, experiment):
         self.experiment = str(experiment)
         self._copied = {}  # file name -> (mtime, size) of the version copied
+        self._looked = float("-inf")  # time.monotonic() of the last look
 
     def on_step_end(self, iteration, trials, **info):
-        backup_state(self.experiment, self._copied)
+        if time.monotonic() - self._looked >= self.PERIOD_S:
+            backup_state(self.experiment, self._copied)
+            self._looked = time.monotonic()
 
     def on_experiment_end(self, trials, **info):
         backup_state(self.experiment, self._copied)

@@ -23,8 +23,8 @@ What it measures
     threads to its CPUs): compare policies with ``--cpus-per-trial 2`` (one slot of two threads,
     next to the driver and Ray's own processes) as well as with the default 1.
 
-    Overhead part (``--overhead 8,32,128,256``; empty to skip): sweeps of very short trials (one
-    epoch on 64 images: almost no work) through searchlab's sweep and a plain Tuner (actor reuse),
+    Overhead part (``--overhead 8,32,128,256``; empty to skip): sweeps of very short trials (two
+    epochs on 64 images: almost no work) through searchlab's sweep and a plain Tuner (actor reuse),
     each count once. Printed per trial: (wall - ideal) x slots / trials, the slot time a trial costs
     beyond its own; with what the driver spent writing Tune's experiment snapshots (count, seconds,
     size of experiment_state json) and in searchlab's StateBackup callback.
@@ -42,6 +42,9 @@ Target
     1.18-1.26x with it).
 """
 import argparse
+import cProfile
+import io
+import pstats
 import glob
 import json
 import os
@@ -63,8 +66,9 @@ OMP = {
     "spin10k": {"GOMP_SPINCOUNT": "10000"},
 }
 RUNS = ("sweep", "tune", "tune_noreuse")
-# The overhead part's trials: one report each, almost no work.
-SHORT = {"epochs": 1, "train_size": 64}
+# The overhead part's trials: two reports each (a trial checkpoints twice: CheckpointConfig(num_to_keep=2) then
+# forces a snapshot), almost no work.
+SHORT = {"epochs": 2, "train_size": 64}
 
 
 def parse_args(argv=None):
@@ -85,6 +89,8 @@ def parse_args(argv=None):
                         help="trial counts of the overhead part, comma-separated; '' skips it (default: %(default)s)")
     parser.add_argument("--checkpoint-period", default=None,
                         help="TUNE_GLOBAL_CHECKPOINT_S for the overhead part (default: Tune's 'auto')")
+    parser.add_argument("--profile", default=None, choices=RUNS,
+                        help="print the driver's cProfile (cumulative) of this run in each round")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)  # JSON job of one round
     args = parser.parse_args(argv)
     args.omp = args.omp.split(",")
@@ -139,8 +145,16 @@ def run_child(job):
 
     from searchlab import spaces, sweep, trainable
 
+    from ray.tune.execution import experiment_state
+    from ray.tune.logger import tensorboardx
+
     timers = Timers()
     timers.wrap(tune_controller.TuneController, "save_to_dir", "snapshot")
+    # The whole snapshot: writing it, and waiting for the previous sync when forced.
+    timers.wrap(experiment_state._ExperimentCheckpointManager, "sync_up_experiment_state", "snapshot_sync")
+    timers.wrap(experiment_state._ExperimentCheckpointManager, "on_trial_checkpoint", "trial_checkpoint")
+    timers.wrap(tune_controller.TuneController, "step", "step")
+    timers.wrap(tensorboardx.TBXLoggerCallback, "log_trial_result", "tbx")
     timers.wrap(sweep, "backup_state", "state_backup")
     ray.init(num_cpus=job["slots"], include_dashboard=False, logging_level="warning",
              # A variable in every setting, so that each cluster has a runtime_env alike.
@@ -149,7 +163,10 @@ def run_child(job):
     out = {}
     for i, run in enumerate(job["runs"]):
         storage, name = job["storage"], f"{run}-{i}"
-        began = time.perf_counter()
+        profile = cProfile.Profile() if job.get("profile") == run else None
+        began, cpu = time.perf_counter(), time.process_time()
+        if profile:
+            profile.enable()
         if run == "sweep":
             sweep.run(SPACE, job["space_args"], name=name, storage=storage)
         else:
@@ -157,11 +174,17 @@ def run_child(job):
                        param_space=spec["param_space"],
                        tune_config=tune.TuneConfig(reuse_actors=run == "tune"),
                        run_config=tune.RunConfig(name=name, storage_path=storage)).fit()
-        wall = time.perf_counter() - began
+        wall, cpu = time.perf_counter() - began, time.process_time() - cpu
+        if profile:
+            profile.disable()
+            text = io.StringIO()
+            pstats.Stats(profile, stream=text).sort_stats("cumulative").print_stats(40)
         experiment = os.path.join(storage, name)
         states = glob.glob(os.path.join(experiment, "experiment_state-*.json"))
-        out[run] = {"wall": wall, "trials": trial_seconds(experiment), **timers.take(),
+        out[run] = {"wall": wall, "driver_cpu": cpu, "trials": trial_seconds(experiment), **timers.take(),
                     "state_bytes": max((os.path.getsize(s) for s in states), default=0)}
+        if profile:
+            out[run]["profile"] = text.getvalue()
     ray.shutdown()
     return out
 
@@ -190,6 +213,13 @@ def load_line():
     return "load average (1, 5, 15 min): " + ", ".join(f"{v:.2f}" for v in os.getloadavg())
 
 
+def driver_line(o):
+    """Where the driver's time went: its CPU time, and the wrapped Tune and searchlab functions."""
+    parts = [f"{name} {o['seconds'][name]:.2f} s / {o['calls'][name]}" for name in o["seconds"]]
+    return f"driver CPU {o['driver_cpu']:.1f} s; " + ", ".join(parts) + \
+        f"; experiment_state {o['state_bytes'] / 1e3:.0f} kB"
+
+
 def spread(values):
     return f"{statistics.median(values):.2f}   (per round {min(values):.2f}..{max(values):.2f})"
 
@@ -207,7 +237,8 @@ def main_part(args):
         for omp in args.omp:
             shift = r % len(args.runs)
             runs = args.runs[shift:] + args.runs[:shift]
-            out = round_in_child({"omp": omp, "slots": args.slots, "runs": runs, "space_args": space_args})
+            out = round_in_child({"omp": omp, "slots": args.slots, "runs": runs, "space_args": space_args,
+                                  "profile": args.profile})
             line = []
             for run, o in out.items():
                 ideal = sum(o["trials"]) / slots
@@ -216,6 +247,10 @@ def main_part(args):
             if "sweep" in out and "tune" in out:
                 ratios[omp].setdefault("sweep/tune", []).append(out["sweep"]["wall"] / out["tune"]["wall"])
             print(f"  round {r + 1} {omp}: " + "; ".join(line) + f"   [{load_line()}]", flush=True)
+            for run, o in out.items():
+                print(f"    {run}: {driver_line(o)}")
+                if "profile" in o:
+                    print(o["profile"])
     for omp, by_name in ratios.items():
         print(f"OpenMP {omp} {OMP[omp] or '(libgomp default)'}:")
         for name, values in by_name.items():
@@ -235,7 +270,7 @@ def main_part(args):
 def overhead_part(args, counts):
     slots = args.slots // args.cpus_per_trial
     runs = [r for r in args.runs if r != "tune_noreuse"]
-    print(f"overhead of very short trials (1 epoch on 64 images), {slots} slots, "
+    print(f"overhead of very short trials (2 epochs on 64 images), {slots} slots, "
           f"TUNE_GLOBAL_CHECKPOINT_S={args.checkpoint_period or 'auto'}, OpenMP {args.omp[0]}:")
     for n in counts:
         space_args = {"trials": n, "cpus": args.cpus_per_trial, **SHORT}
@@ -244,11 +279,9 @@ def overhead_part(args, counts):
         for run, o in out.items():
             ideal = sum(o["trials"]) / slots
             per_trial = (o["wall"] - ideal) * slots / n
-            snap, calls = o["seconds"].get("snapshot", 0.0), o["calls"].get("snapshot", 0)
             print(f"  {run:6s} {n:4d} trials: wall {o['wall']:6.1f} s, ideal {ideal:5.1f} s, overhead per trial "
-                  f"{per_trial:.3f} s; snapshots {calls} taking {snap:.2f} s "
-                  f"({o['state_bytes'] / 1e3:.0f} kB experiment_state at the end); "
-                  f"StateBackup {o['seconds'].get('state_backup', 0.0):.2f} s   [{load_line()}]", flush=True)
+                  f"{per_trial:.3f} s, driver CPU per trial {o['driver_cpu'] / n:.3f} s   [{load_line()}]\n"
+                  f"      {driver_line(o)}", flush=True)
 
 
 def main(argv=None):
