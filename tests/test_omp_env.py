@@ -25,7 +25,9 @@ ray.shutdown()
 
 def seen_by_worker(**user_env):
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
-    env.update(user_env, PYTHONPATH=f"{ROOT}{os.pathsep}{env.get('PYTHONPATH', '')}")
+    # RAY_ADDRESS=local: the subprocess starts its own cluster, as a sweep without --address does on
+    # a machine where no `ray start` cluster runs.
+    env.update(user_env, PYTHONPATH=f"{ROOT}{os.pathsep}{env.get('PYTHONPATH', '')}", RAY_ADDRESS="local")
     done = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -156,7 +156,8 @@ def run_child(job):
     timers.wrap(tune_controller.TuneController, "step", "step")
     timers.wrap(tensorboardx.TBXLoggerCallback, "log_trial_result", "tbx")
     timers.wrap(sweep, "backup_state", "state_backup")
-    ray.init(num_cpus=job["slots"], include_dashboard=False, logging_level="warning",
+    # address="local": a new cluster, never one that another `ray start` left on this machine.
+    ray.init(address="local", num_cpus=job["slots"], include_dashboard=False, logging_level="warning",
              # A variable in every setting, so that each cluster has a runtime_env alike.
              runtime_env={"env_vars": {**OMP[job["omp"]], "SEARCHLAB_BENCH_OMP": job["omp"]}})
     spec = spaces.load(SPACE, job["space_args"])
