@@ -190,7 +190,7 @@ def _init_ray(address):
     # so a spinning thread takes a core the driver, Ray or a neighbouring trial wanted, and a
     # training step is made of many small ops, each ending in a barrier that waits for the slowest
     # thread. tests/bench/bench_sweep.py --omp default,passive --cpus-per-trial 2 on 2 busy cores
-    # (load ~23): 4 trials took 917 s of trial time spinning, 92 s with PASSIVE. libgomp reads the variable
+    # (load 13-25): 4 trials took 917 s and 365 s spinning, 92 s and 20 s with PASSIVE. libgomp reads the variable
     # when torch loads it, so it goes in the workers' environment from the start; a value the user
     # set (OMP_WAIT_POLICY or GOMP_SPINCOUNT) is theirs to keep, and is passed on to every node.
     omp = {k: os.environ[k] for k in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT") if k in os.environ}

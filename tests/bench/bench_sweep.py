@@ -56,9 +56,10 @@ conclusive; the driver's CPU time and the counts below are the figures that held
     (experiment_state ~25 kB a trial), so their total cost grows with the square of the trials.
 
     OpenMP wait policy (--omp default,passive --cpus-per-trial 2 --trials 4 --runs sweep, load
-    22-25): trial time 917 s with libgomp's default spinning against 92 s with PASSIVE (sweep wall
-    986 s against 137 s), one interleaved pair. With one CPU a trial (one thread) there is no
-    thread team to spin, and the policy should not matter.
+    13-25), two interleaved rounds: trial time 917 s and 365 s with libgomp's default spinning
+    against 92 s and 20 s with PASSIVE (sweep wall 986 s / 397 s against 137 s / 45 s: PASSIVE/default
+    0.14 and 0.11). With one CPU a trial (one thread) there is no thread team to spin, and the policy
+    should not matter (not measured).
 """
 import argparse
 import cProfile
@@ -263,6 +264,9 @@ def main_part(args):
             for run, o in out.items():
                 ideal = sum(o["trials"]) / slots
                 ratios[omp].setdefault(f"{run}/ideal", []).append(o["wall"] / ideal)
+                # Seconds, for comparing OpenMP settings (a setting changes the trials' own time too).
+                ratios[omp].setdefault(f"{run} wall", []).append(o["wall"])
+                ratios[omp].setdefault(f"{run} trial time", []).append(sum(o["trials"]))
                 line.append(f"{run} {o['wall']:.1f} s (ideal {ideal:.1f} s, {len(o['trials'])} trials)")
             if "sweep" in out and "tune" in out:
                 ratios[omp].setdefault("sweep/tune", []).append(out["sweep"]["wall"] / out["tune"]["wall"])
@@ -274,14 +278,15 @@ def main_part(args):
     for omp, by_name in ratios.items():
         print(f"OpenMP {omp} {OMP[omp] or '(libgomp default)'}:")
         for name, values in by_name.items():
-            print(f"{name} {spread(values)}")
+            if "/" in name:
+                print(f"{name} {spread(values)}")
     if len(args.omp) > 1:
         base = args.omp[0]
         for omp in args.omp[1:]:
             for name in ratios[omp]:
-                if name.endswith("/ideal"):
+                if name.endswith((" wall", " trial time")):
                     pairs = [a / b for a, b in zip(ratios[omp][name], ratios[base][name])]
-                    print(f"{name} {omp} vs {base}: {spread(pairs)}")
+                    print(f"{name} {omp}/{base}: {spread(pairs)}")
     print(load_line() + " (after)")
     verdict = statistics.median(ratios[args.omp[0]].get("sweep/ideal", [float("nan")]))
     print(f"target sweep/ideal <= {TARGET}: {'met' if verdict <= TARGET else 'NOT met'} ({args.omp[0]})")
