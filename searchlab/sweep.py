@@ -12,6 +12,7 @@ import glob
 import inspect
 import json
 import os
+import time
 from functools import partial
 from pathlib import Path
 from typing import Callable, NamedTuple
@@ -186,8 +187,20 @@ def _init_ray(address):
         return
     # How loud Ray is on the driver and in the workers: see configure_console.
     options = {"logging_level": _console["ray_level"]}
+    runtime_env = {}
     if _console["worker_setup"]:
-        options["runtime_env"] = {"worker_process_setup_hook": _console["worker_setup"]}
+        runtime_env["worker_process_setup_hook"] = _console["worker_setup"]
+    # Trials' OpenMP threads sleep as soon as a parallel region ends (PASSIVE) instead of spinning
+    # (libgomp's default spins ~300k iterations, ACTIVE for good). A trial's threads equal its CPUs,
+    # so a spinning thread takes a core the driver, Ray or a neighbouring trial wanted, and a
+    # training step is made of many small ops, each ending in a barrier that waits for the slowest
+    # thread. tests/bench/bench_sweep.py --omp default,passive --cpus-per-trial 2 on 2 busy cores
+    # (load 13-25): 4 trials took 917 s and 365 s spinning, 92 s and 20 s with PASSIVE. libgomp reads the variable
+    # when torch loads it, so it goes in the workers' environment from the start; a value the user
+    # set (OMP_WAIT_POLICY or GOMP_SPINCOUNT) is theirs to keep, and is passed on to every node.
+    omp = {k: os.environ[k] for k in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT") if k in os.environ}
+    runtime_env["env_vars"] = omp or {"OMP_WAIT_POLICY": "PASSIVE"}
+    options["runtime_env"] = runtime_env
     # RAY_AUTH_MODE is read when Ray is imported, so it cannot be set here: the CLI sets it.
     if address:
         ray.init(address=address, **options)
@@ -417,12 +430,21 @@ class StateBackup(tune.Callback):
     """Keeps the last readable copy of each of Tune's state files in EXPERIMENT/.searchlab_state/,
     for ``repair_state`` to put back before a resume."""
 
+    # Tune steps its loop many times a second (1385 steps for 8 trials of 10 epochs), and globbing
+    # the experiment folder each step took as much of the driver's CPU as Tune's own snapshots: look
+    # at most once a PERIOD_S. Tune snapshots every 10 s or more, except when a trial has saved
+    # num_to_keep checkpoints since the last one, so a copy is at most a second behind.
+    PERIOD_S = 1.0
+
     def __init__(self, experiment):
         self.experiment = str(experiment)
         self._copied = {}  # file name -> (mtime, size) of the version copied
+        self._looked = float("-inf")  # time.monotonic() of the last look
 
     def on_step_end(self, iteration, trials, **info):
-        backup_state(self.experiment, self._copied)
+        if time.monotonic() - self._looked >= self.PERIOD_S:
+            backup_state(self.experiment, self._copied)
+            self._looked = time.monotonic()
 
     def on_experiment_end(self, trials, **info):
         backup_state(self.experiment, self._copied)
