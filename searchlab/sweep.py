@@ -205,7 +205,8 @@ def _init_ray(address):
     if address:
         ray.init(address=address, **options)
     else:
-        ray.init(include_dashboard=False, **options)
+        # "local": a Ray of its own, never one that `ray start` left running on this machine.
+        ray.init(address="local", include_dashboard=False, **options)
 
 
 def _check_cluster(spec, experiment, address):
