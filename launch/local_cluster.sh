@@ -19,7 +19,8 @@
 #
 # Ray 2.60 replaces a loopback address given to it (--node-ip-address, --address, ray.init(address))
 # by the machine's network address, and then listens there. To keep the cluster on loopback, every
-# Ray command here runs through on_loopback, which turns that replacement off in its own process.
+# Ray command here runs through on_loopback, which turns that replacement off in its own process;
+# given 127.0.0.1, the GCS, raylets and workers listen on 127.0.0.1.
 set -euo pipefail
 
 usage() {
@@ -64,17 +65,16 @@ export RAY_AUTH_TOKEN_PATH="$cluster_dir/auth_token"
 unset RAY_AUTH_TOKEN RAY_ADDRESS  # Ray prefers RAY_AUTH_TOKEN to the file; RAY_ADDRESS names another cluster
 (umask 077 && "$python" -c 'import secrets; print(secrets.token_hex(32))' > "$RAY_AUTH_TOKEN_PATH")
 
-on_loopback() {  # python -c ... MODULE ARGS: run MODULE as `python -m` would, keeping 127.0.0.1 as given
-  "$python" -c '
+# `python -c "$on_loopback" MODULE ARGS...` runs MODULE as `python -m` would, keeping 127.0.0.1 as given.
+on_loopback='
 import runpy, sys
 import ray._private.services as services
 services.resolve_ip_for_localhost = lambda host: host
 sys.argv = sys.argv[1:]
-runpy.run_module(sys.argv[0], run_name="__main__", alter_sys=True)' "$@"
-}
+runpy.run_module(sys.argv[0], run_name="__main__", alter_sys=True)'
 
 # ---- stopping: by PID, whatever happens ------------------------------------------------------------
-node_pids=()  # the `ray start --block` processes; every Ray process of a node is their descendant
+node_pids=()  # the `ray start --block` processes: every Ray process of a node descends from one
 
 # shellcheck disable=SC2317  # the functions below run from the EXIT trap
 descendants() {  # PID...: those PIDs and all their descendants that are alive now
@@ -133,7 +133,7 @@ address="127.0.0.1:$gcs_port"
 start_node() {  # LABEL RAY-START-ARGS...: start one node in the background and wait until it is up
   local label="$1" log="$cluster_dir/$1.log" i
   shift
-  on_loopback ray.scripts.scripts start --block --disable-usage-stats --temp-dir="$cluster_dir" "$@" \
+  "$python" -c "$on_loopback" ray.scripts.scripts start --block --disable-usage-stats --temp-dir="$cluster_dir" "$@" \
     > "$log" 2>&1 &
   node_pids+=("$!")
   for i in $(seq 240); do
@@ -163,7 +163,7 @@ done
 # ---- the sweep -------------------------------------------------------------------------------------
 started=$(date +%s)
 set +e
-on_loopback searchlab.cli sweep "$space" --address "$address" --storage "$storage" --name "$name" "$@"
+"$python" -c "$on_loopback" searchlab.cli sweep "$space" --address "$address" --storage "$storage" --name "$name" "$@"
 code=$?
 set -e
 echo "local_cluster: sweep exited $code after $(($(date +%s) - started)) s"

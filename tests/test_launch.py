@@ -120,10 +120,159 @@ def test_local_cluster_refuses_options_it_sets():
     assert out.returncode == 2 and "sets --address" in out.stderr, out.stderr
 
 
-@pytest.mark.parametrize("script", ["local_cluster.sh", "slurm.sbatch"])
+@pytest.mark.parametrize("script", ["local_cluster.sh", "slurm.sbatch", "cluster.sh"])
 def test_shell_scripts_parse_and_pass_shellcheck(script):
     subprocess.run(["bash", "-n", str(LAUNCH / script)], check=True)
     if shutil.which("shellcheck") is None:
         pytest.skip("shellcheck not installed")
     out = subprocess.run(["shellcheck", "--severity=warning", str(LAUNCH / script)], capture_output=True, text=True)
     assert out.returncode == 0, out.stdout
+
+
+# ---- SLURM: the batch script's logic, under a fake SLURM on this machine ---------------------------
+# The fakes run every step here: srun runs its command, scontrol names two nodes (so the script
+# starts a head and one worker), and `ray` and `searchlab` keep 127.0.0.1 as given (as
+# local_cluster.sh's on_loopback does), so that the fake cluster stays on loopback.
+LOOPBACK_PY = """import runpy, sys
+import ray._private.services as services
+services.resolve_ip_for_localhost = lambda host: host
+sys.argv = sys.argv[1:]
+runpy.run_module(sys.argv[0], run_name="__main__", alter_sys=True)"""
+
+FAKES = {
+    "srun": """#!/bin/bash
+# srun [options] COMMAND...: run COMMAND here
+while [ $# -gt 0 ]; do
+  case "$1" in -w|--nodelist|-N|-n) shift 2 ;; -*) shift ;; *) break ;; esac
+done
+echo "$*" >> "$FAKE_SLURM_LOG"
+exec "$@"
+""",
+    "scontrol": """#!/bin/bash
+[ "$1 $2" = "show hostnames" ] || { echo "fake scontrol: only 'show hostnames'" >&2; exit 2; }
+printf '%s\\n' fakenode1 fakenode2
+""",
+    "hostname": """#!/bin/bash
+[ "${1:-}" = --ip-address ] && { echo 127.0.0.1; exit 0; }
+exec /bin/hostname "$@"
+""",
+    "ray": f"""#!/bin/bash
+exec "{sys.executable}" -c '{LOOPBACK_PY}' ray.scripts.scripts "$@"
+""",
+    "searchlab": f"""#!/bin/bash
+exec "{sys.executable}" -c '{LOOPBACK_PY}' searchlab.cli "$@"
+""",
+}
+
+
+def free_port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+def test_slurm_script_starts_head_and_worker_runs_the_sweep_and_stops_its_steps(tmp_path):
+    fakes = tmp_path / "bin"
+    fakes.mkdir()
+    for name, text in FAKES.items():
+        (fakes / name).write_text(text)
+        (fakes / name).chmod(0o755)
+    storage = tmp_path / "results"
+    env = env_for_scripts()
+    env.update({"PATH": os.pathsep.join([str(fakes), env["PATH"]]), "FAKE_SLURM_LOG": str(tmp_path / "srun.log"),
+                "SLURM_JOB_ID": "4242", "SLURM_JOB_NODELIST": "fakenode[1-2]", "SLURM_CPUS_PER_TASK": "1",
+                "SLURM_GPUS_PER_NODE": "gpu:0", "SEARCHLAB_RESULTS": str(storage),
+                "SEARCHLAB_RAY_PORT": str(free_port())})
+    proc = subprocess.Popen(["bash", str(LAUNCH / "slurm.sbatch"), "quickstart", "--arg", "epochs=1",
+                             "--name", "quick"],
+                            env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    output = []
+    reader = threading.Thread(target=lambda: output.extend(proc.stdout), daemon=True)
+    reader.start()
+    seen, listening = {}, set()
+    try:
+        watch_tree(proc, seen, listening)
+        proc.wait(timeout=600)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    reader.join(timeout=10)
+    log = "".join(output)
+    assert proc.returncode == 0, log[-3000:]
+
+    steps = (tmp_path / "srun.log").read_text().splitlines()
+    assert steps[0] == "hostname --ip-address"
+    assert steps[1].startswith("ray start --head --block --node-ip-address=127.0.0.1"), steps
+    assert steps[2].startswith(f"ray start --block --address=127.0.0.1:{env['SEARCHLAB_RAY_PORT']}"), steps
+    assert len(steps) == 3, steps
+
+    from searchlab import sweep
+
+    rows = sweep.trial_table(storage / "quick")
+    assert len(rows) == 4 and {r["status"] for r in rows} == {"TERMINATED"}, rows
+    nodes = {json.loads(p.read_text())["placement"]["node_id"] for p in (storage / "quick").glob("*/searchlab_trial.json")}
+    assert len(nodes) == 2, nodes
+    assert sum(name == "raylet" for _, name in seen.values()) == 2, seen
+    assert not [s for s in listening if s[0] not in LOOPBACK], listening
+    assert not (storage / ".ray_auth_token.4242").exists()  # the job's token goes with the job
+    deadline = time.time() + 5
+    while still_alive(seen) and time.time() < deadline:
+        time.sleep(0.5)
+    assert not still_alive(seen), still_alive(seen)
+
+
+# ---- ray up: the cluster YAML against Ray's own autoscaler schema -----------------------------------
+
+def load_cluster_yaml():
+    import yaml
+
+    return yaml.safe_load((LAUNCH / "cluster.yaml").read_text())
+
+
+def test_cluster_yaml_passes_rays_autoscaler_schema():
+    import jsonschema
+    import ray
+    from ray.autoscaler._private.util import validate_config
+
+    config = load_cluster_yaml()
+    schema = json.loads((Path(ray.autoscaler.__file__).parent / "ray-schema.json").read_text())
+    jsonschema.validate(config, schema)
+    validate_config(config)  # the schema and Ray's own cross-checks (head_node_type, min/max workers)
+
+    # The same check refuses a key Ray does not know: it is not vacuous.
+    broken = {**config, "available_node_types": {**config["available_node_types"],
+                                                 "gpu_worker": {**config["available_node_types"]["gpu_worker"],
+                                                                "gpus": 1}}}
+    with pytest.raises(jsonschema.ValidationError):
+        validate_config(broken)
+
+
+def test_cluster_yaml_installs_the_project_and_agrees_on_auth_everywhere():
+    import ray
+
+    config = load_cluster_yaml()
+    types = config["available_node_types"]
+    head = types[config["head_node_type"]]
+    assert head["resources"].get("GPU", 0) == 0
+    assert any(t["resources"].get("GPU", 0) >= 1 and t.get("min_workers", 0) >= 1 for t in types.values())
+
+    setup = " ".join(config["setup_commands"])
+    assert "torch==2.14.1" in setup and "torchvision==0.29.1" in setup
+    assert f"ray[default]=={ray.__version__}" in setup  # the nodes run the driver's Ray
+    assert "pip install -q -e ~/searchlab" in setup and config["file_mounts"]["~/searchlab"] == "."
+    assert "export RAY_AUTH_MODE=token" in setup  # also for `ray exec` (the driver)
+    assert config["file_mounts"]["~/.ray/auth_token"] == "~/.ray/auth_token"  # one token on every node
+
+    starts = [c for c in config["head_start_ray_commands"] + config["worker_start_ray_commands"] if "ray start" in c]
+    assert len(starts) == 2 and all("RAY_AUTH_MODE=token ray start" in c for c in starts), starts
+    head_start = next(c for c in config["head_start_ray_commands"] if "ray start" in c)
+    assert "--dashboard-host=127.0.0.1" in head_start and "0.0.0.0" not in json.dumps(config)
+
+    # Shared storage: mounted before setup on every node, and the sweep's default --storage is on it.
+    init = " ".join(config["initialization_commands"])
+    assert "mount -t nfs4" in init and "/shared" in init
+    assert "export SEARCHLAB_RESULTS=/shared/results" in setup
