@@ -61,6 +61,8 @@ python="${PYTHON:-python}"
 # path may not exceed 107 characters.
 cluster_dir="$(mktemp -d /tmp/searchlab-cluster.XXXXXX)"
 export RAY_AUTH_MODE=token
+# How long Ray waits for a raylet to start (Ray's default, 10 s, is short on a busy machine).
+export RAY_raylet_start_wait_time_s="${RAY_raylet_start_wait_time_s:-120}"
 export RAY_AUTH_TOKEN_PATH="$cluster_dir/auth_token"
 unset RAY_AUTH_TOKEN RAY_ADDRESS  # Ray prefers RAY_AUTH_TOKEN to the file; RAY_ADDRESS names another cluster
 (umask 077 && "$python" -c 'import secrets; print(secrets.token_hex(32))' > "$RAY_AUTH_TOKEN_PATH")
@@ -77,6 +79,12 @@ runpy.run_module(sys.argv[0], run_name="__main__", alter_sys=True)'
 node_pids=()  # the `ray start --block` processes: every Ray process of a node descends from one
 
 # shellcheck disable=SC2317  # the functions below run from the EXIT trap
+marked() {  # PIDs whose environment names this cluster's token file: whatever this script started
+  # (its Ray processes inherit the variable), also those left without a parent when a node fails
+  # while starting. Not this script itself.
+  grep -lsxzF "RAY_AUTH_TOKEN_PATH=$RAY_AUTH_TOKEN_PATH" /proc/[0-9]*/environ | cut -d/ -f3 | grep -vx "$$" || true
+}
+
 descendants() {  # PID...: those PIDs and all their descendants that are alive now
   ps -eo pid=,ppid= | awk -v roots="$*" '
     BEGIN { n = split(roots, r, " "); for (i = 1; i <= n; i++) keep[r[i]] = 1 }
@@ -89,9 +97,10 @@ stop_cluster() {
   local code=$? pids left i
   trap - EXIT INT TERM
   if [ ${#node_pids[@]} -gt 0 ]; then
-    # The whole tree now: once a `ray start` is gone, its children are no longer found under it.
-    pids="$(descendants "${node_pids[@]}")"
-    echo "local_cluster: stopping the cluster ($(echo "$pids" | wc -w) processes)" >&2
+    # Every process of the cluster now: once a `ray start` is gone, its children are no longer found
+    # under it (marked finds them on Linux).
+    pids="$(descendants "${node_pids[@]}") $(marked)"
+    echo "local_cluster: stopping the cluster" >&2
     # SIGTERM to `ray start --block` stops that node's processes gracefully; wait up to 20 s.
     kill -TERM "${node_pids[@]}" 2>/dev/null || true
     for i in $(seq 40); do
@@ -103,6 +112,7 @@ stop_cluster() {
     # shellcheck disable=SC2086  # a list of PIDs
     if [ -n "$left" ]; then kill -KILL $left 2>/dev/null || true; fi
   fi
+  rm -f "$RAY_AUTH_TOKEN_PATH"  # the cluster is gone, and its token with it
   if [ "$code" -eq 0 ]; then rm -rf "$cluster_dir"; else echo "local_cluster: logs kept in $cluster_dir" >&2; fi
   exit "$code"
 }

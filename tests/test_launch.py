@@ -114,6 +114,49 @@ def test_local_cluster_runs_a_sweep_on_several_nodes_and_stops_what_it_started(t
     assert "local_cluster: logs kept" not in log  # on success the cluster's folder is removed
 
 
+@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+def test_local_cluster_stops_its_nodes_on_ctrl_c_while_starting(tmp_path):
+    """Ctrl-C (SIGINT to the script's process group, as a terminal sends it) once the head is up and
+    a worker is starting: exit 130, and nothing the script started is left."""
+    import signal
+
+    proc = subprocess.Popen(
+        ["bash", str(LAUNCH / "local_cluster.sh"), "--workers", "2", "--storage", str(tmp_path), "--",
+         "quickstart", "--arg", "epochs=1"],
+        env=env_for_scripts(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True, start_new_session=True)
+    output, seen, listening = [], {}, set()
+
+    def read():
+        for line in proc.stdout:
+            output.append(line)
+            if line.startswith("local_cluster: worker 1"):
+                os.killpg(proc.pid, signal.SIGINT)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        watch_tree(proc, seen, listening)
+        proc.wait(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    reader.join(timeout=10)
+    log = "".join(output)
+    kept = [line.split()[-1] for line in output if line.startswith("local_cluster: logs kept in")]
+    token_left = [folder for folder in kept if (Path(folder) / "auth_token").exists()]
+    for folder in kept:
+        shutil.rmtree(folder, ignore_errors=True)
+    assert proc.returncode == 130, log[-3000:]
+    assert kept and not token_left, (kept, token_left)
+    assert "stopping the cluster" in log and "local_cluster: sweep" not in log, log[-3000:]
+    assert any(name == "raylet" for _, name in seen.values()), seen  # the head had started
+    deadline = time.time() + 5
+    while still_alive(seen) and time.time() < deadline:
+        time.sleep(0.5)
+    assert not still_alive(seen), still_alive(seen)
+
+
 def test_local_cluster_refuses_options_it_sets():
     out = subprocess.run(["bash", str(LAUNCH / "local_cluster.sh"), "--", "quickstart", "--address", "x:1"],
                          env=env_for_scripts(), capture_output=True, text=True)
@@ -185,7 +228,8 @@ def test_slurm_script_starts_head_and_worker_runs_the_sweep_and_stops_its_steps(
     env.update({"PATH": os.pathsep.join([str(fakes), env["PATH"]]), "FAKE_SLURM_LOG": str(tmp_path / "srun.log"),
                 "SLURM_JOB_ID": "4242", "SLURM_JOB_NODELIST": "fakenode[1-2]", "SLURM_CPUS_PER_TASK": "1",
                 "SLURM_GPUS_PER_NODE": "gpu:0", "SEARCHLAB_RESULTS": str(storage),
-                "SEARCHLAB_RAY_PORT": str(free_port())})
+                "SEARCHLAB_RAY_PORT": str(free_port()),
+                "RAY_raylet_start_wait_time_s": "120"})  # this machine may be busy; a real node is not
     proc = subprocess.Popen(["bash", str(LAUNCH / "slurm.sbatch"), "quickstart", "--arg", "epochs=1",
                              "--name", "quick"],
                             env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
