@@ -61,10 +61,6 @@ python="${PYTHON:-python}"
 # path may not exceed 107 characters.
 cluster_dir="$(mktemp -d /tmp/searchlab-cluster.XXXXXX)"
 export RAY_AUTH_MODE=token
-# How long a raylet waits for its agents to start (and Ray for the raylet): a node's Python agents
-# can take more than Ray's 10-30 s to start on a busy machine, and the raylet then gives up.
-export RAY_agent_register_timeout_ms="${RAY_agent_register_timeout_ms:-120000}"
-export RAY_raylet_start_wait_time_s="${RAY_raylet_start_wait_time_s:-120}"
 export RAY_AUTH_TOKEN_PATH="$cluster_dir/auth_token"
 unset RAY_AUTH_TOKEN RAY_ADDRESS  # Ray prefers RAY_AUTH_TOKEN to the file; RAY_ADDRESS names another cluster
 (umask 077 && "$python" -c 'import secrets; print(secrets.token_hex(32))' > "$RAY_AUTH_TOKEN_PATH")
