@@ -224,9 +224,10 @@ def test_slurm_script_starts_head_and_worker_runs_the_sweep_and_stops_its_steps(
         (fakes / name).write_text(text)
         (fakes / name).chmod(0o755)
     storage = tmp_path / "results"
+    job = str(os.getpid())  # the script's Ray folder on each node is /tmp/ray-JOB
     env = env_for_scripts()
     env.update({"PATH": os.pathsep.join([str(fakes), env["PATH"]]), "FAKE_SLURM_LOG": str(tmp_path / "srun.log"),
-                "SLURM_JOB_ID": "4242", "SLURM_JOB_NODELIST": "fakenode[1-2]", "SLURM_CPUS_PER_TASK": "1",
+                "SLURM_JOB_ID": job, "SLURM_JOB_NODELIST": "fakenode[1-2]", "SLURM_CPUS_PER_TASK": "1",
                 "SLURM_GPUS_PER_NODE": "gpu:0", "SEARCHLAB_RESULTS": str(storage),
                 "SEARCHLAB_RAY_PORT": str(free_port())})
     proc = subprocess.Popen(["bash", str(LAUNCH / "slurm.sbatch"), "quickstart", "--arg", "epochs=1",
@@ -243,6 +244,7 @@ def test_slurm_script_starts_head_and_worker_runs_the_sweep_and_stops_its_steps(
     finally:
         if proc.poll() is None:
             proc.kill()
+        shutil.rmtree(f"/tmp/ray-{job}", ignore_errors=True)
     reader.join(timeout=10)
     log = "".join(output)
     assert proc.returncode == 0, log[-3000:]
@@ -261,7 +263,7 @@ def test_slurm_script_starts_head_and_worker_runs_the_sweep_and_stops_its_steps(
     assert len(nodes) == 2, nodes
     assert sum(name == "raylet" for _, name in seen.values()) == 2, seen
     assert not [s for s in listening if s[0] not in LOOPBACK], listening
-    assert not (storage / ".ray_auth_token.4242").exists()  # the job's token goes with the job
+    assert not (storage / f".ray_auth_token.{job}").exists()  # the job's token goes with the job
     deadline = time.time() + 5
     while still_alive(seen) and time.time() < deadline:
         time.sleep(0.5)
