@@ -34,7 +34,7 @@ def speed(**kw):
 
 @pytest.fixture(scope="module")
 def digits():
-    return load_dataset("digits", train_size=512, val_size=128, test_size=128)
+    return load_dataset("digits", train_size=256, val_size=128, test_size=128)
 
 
 def small_cnn(seed=0):
@@ -209,9 +209,10 @@ def test_split_batchnorm_trains_and_evaluates_with_every_option(digits):
 
 # ---- exactness: augmentation on uint8, CKA and spectrum in full precision --------------------------
 
-@pytest.mark.parametrize("amp", ["bf16", "fp16"])
-def test_augmentation_is_unchanged_under_autocast(digits, amp):
-    x = torch.randint(0, 256, (32, 3, 32, 32), dtype=torch.uint8)
+def test_augmentation_is_unchanged_under_autocast(amp="bf16"):
+    # Today's ops are integer and elementwise float arithmetic, which autocast leaves alone; the
+    # guard in Pipeline.images and augmix keeps it so for any op that would use a convolution.
+    x = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8)
     for name in augment.PRESETS:
         expected = Pipeline(name).images(x, torch.Generator().manual_seed(1))
         with autocast(amp, "cpu"):
@@ -272,9 +273,10 @@ SPACE = '''
 def space(epochs: int = 2):
     return {
         "param_space": {
-            "data": {"dataset": "digits", "train_size": 512, "val_size": 128, "test_size": 128},
+            "data": {"dataset": "digits", "val_size": 128, "test_size": 128},
             "model": {"name": "small_cnn"},
-            "optim": {"lr": 0.05, "batch_size": 64, "epochs": epochs},
+            "optim": {"lr": 0.1, "batch_size": 64, "epochs": epochs},
+            "augment": {"pipeline": "none"},
             "eval": {"every_epoch": ["clean"], "at_end": ["train_clean", "spectrum"]},
             "train_clean": {"images": 256}, "spectrum": {"images": 256},
             "speed": {"amp": "fp16", "channels_last": True, "compile": True, "compile_backend": "aot_eager",
@@ -296,7 +298,7 @@ def test_a_trial_with_every_option_completes_and_its_checkpoint_is_a_plain_model
     [trial_dir] = [p for p in Path(experiment).iterdir() if p.is_dir() and p.name.startswith("train_")]
     rows = [json.loads(line) for line in (trial_dir / "result.json").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2]
-    assert all(np.isfinite(r["train_loss"]) for r in rows) and rows[-1]["val_acc"] > 0.3  # chance is 0.1
+    assert all(np.isfinite(r["train_loss"]) for r in rows) and rows[-1]["val_acc"] > 0.5  # chance is 0.1
     assert "train_clean_acc_at_best" in rows[-1]
     folder = checkpoint.newest(str(trial_dir))
     state = checkpoint.load_state(folder)
@@ -306,7 +308,7 @@ def test_a_trial_with_every_option_completes_and_its_checkpoint_is_a_plain_model
     # The CKA study's loader: a plain model, the best epoch's weights; it scores what the trial reported.
     model, config, best = best_model(str(trial_dir))
     assert config["speed"]["compile"] is True
-    data = load_dataset("digits", train_size=512, val_size=128, test_size=128)
+    data = load_dataset("digits", val_size=128, test_size=128)
     with torch.no_grad():
         logits = model(normalize(data.val.x, data.mean, data.std))
     # The trial evaluated under fp16 autocast, this plain model in float32: the accuracy may differ by
