@@ -2,10 +2,11 @@
 
 A checkpoint is a folder ``checkpoint_NNNNNN`` in the trial's folder, holding
 
-    state.pt    {"schema", "epoch", "model", "optimizer", "best", "history"}: tensors, dicts, lists,
+    state.pt    {"schema", "epoch", "model", "optimizer", "scaler", "best", "history"}: tensors, dicts, lists,
                 strings and numbers only, so it loads with ``torch.load(weights_only=True)``, which
                 runs no code from the file. "best" is the epoch that ``eval.select`` picked:
-                {"epoch", "model", and that epoch's metrics}; "history" every epoch's metrics.
+                {"epoch", "model", and that epoch's metrics}; "history" every epoch's metrics; "scaler"
+                the fp16 GradScaler's state ({} without fp16; absent in older checkpoints).
     trial.json  {"schema", "epoch", "config", "metrics"}: the resolved trial config and the metrics
                 of the epoch, for readers that need no weights (and need not unpickle anything).
     arrays.npz  the arrays the evaluations returned (a Fourier heatmap, a low-pass curve), by metric

@@ -114,6 +114,14 @@ DEFAULTS = {
     "seed": 0,
     "device": "auto",           # auto | cpu | cuda
     "threads": None,            # torch intra-op threads; default: the trial's CPU count
+    "speed": {                  # GPU efficiency options; results change only within float tolerance
+        "amp": "none",          # none | bf16 | fp16: autocast of training and evaluation forward passes
+                                # (fp16 with a GradScaler); augmentation stays uint8, spectrum and CKA float
+        "channels_last": False,  # the model's weights in channels-last memory format (batches always are)
+        "compile": False,       # torch.compile the model (in place: checkpoints keep the plain module's keys)
+        "compile_backend": "inductor",  # torch.compile's backend, e.g. aot_eager to check a model quickly
+        "non_blocking": False,  # host-to-GPU copies from pinned memory without waiting (per-chunk evaluation data)
+    },
 }
 
 PHASE_KEYS = ("start_epoch", "augment", "regime")
@@ -123,7 +131,7 @@ def resolve(config):
     """Return DEFAULTS updated with ``config``; raise UserError on unknown keys or names."""
     from searchlab import augment, data, models, regimes
     from searchlab.evals import EVALS, metric_names
-    from searchlab.train import SCHEDULES, phases
+    from searchlab.train import AMP, SCHEDULES, phases
 
     config = dict(config or {})
     variant = config.pop("variant", None) or {}
@@ -133,6 +141,7 @@ def resolve(config):
     _one_of("model.name", cfg["model"]["name"], models.MODELS)
     _one_of("optim.schedule", cfg["optim"]["schedule"], SCHEDULES)
     _one_of("device", cfg["device"], ("auto", "cpu", "cuda"))
+    _speed(cfg["speed"], AMP)
     if cfg["model"]["dropout"] and cfg["model"]["name"] not in models.DROPOUT_MODELS:
         raise UserError(f"model {cfg['model']['name']!r} has no dropout; models with model.dropout: "
                         f"{', '.join(models.DROPOUT_MODELS)}")
@@ -184,6 +193,14 @@ def _phases(phases, epochs):
             raise UserError(f"phases[{i}].start_epoch must be a whole number of epochs in 0..{epochs}, "
                             f"got {start!r}")
     return sorted((dict(p) for p in phases), key=lambda p: p["start_epoch"])
+
+
+def _speed(speed, amp):
+    _one_of("speed.amp", speed["amp"], amp)
+    if speed["compile"]:  # dynamo is imported only then: it takes seconds
+        import torch
+
+        _one_of("speed.compile_backend", speed["compile_backend"], torch.compiler.list_backends(exclude_tags=()))
 
 
 def _refine(refine, optim):

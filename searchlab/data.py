@@ -31,8 +31,8 @@ class Split:
         """The images and labels of ``rows`` (an index, slice or mask), e.g. ``split[:1000]``."""
         return Split(self.x[rows], self.y[rows])
 
-    def to(self, device):
-        return Split(self.x.to(device), self.y.to(device))
+    def to(self, device, non_blocking=False):
+        return Split(move(self.x, device, non_blocking), move(self.y, device, non_blocking))
 
 
 @dataclass
@@ -45,9 +45,21 @@ class Dataset:
     mean: torch.Tensor  # per channel, in [0, 1], from the training split actually used
     std: torch.Tensor
 
-    def to(self, device):
-        return Dataset(self.name, self.num_classes, self.train.to(device), self.val.to(device),
-                       self.test.to(device), self.mean.to(device), self.std.to(device))
+    def to(self, device, non_blocking=False):
+        splits = (s.to(device, non_blocking) for s in (self.train, self.val, self.test))
+        return Dataset(self.name, self.num_classes, *splits, move(self.mean, device, non_blocking),
+                       move(self.std, device, non_blocking))
+
+
+def move(tensor, device, non_blocking=False):
+    """``tensor`` on ``device``. With ``non_blocking`` a copy from the host to a GPU is made from
+    pinned (page-locked) memory and queued without waiting for it: the GPU runs it before any later
+    work on the same stream, so nothing reads it early. Other copies (on the CPU, or from a GPU to
+    the host, which the host could read before it lands) are plain ``to``."""
+    device = torch.device(device)
+    if non_blocking and device.type == "cuda" and tensor.device.type == "cpu":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
 
 
 def data_root(root=None):

@@ -27,7 +27,7 @@ from searchlab import corruptions, fourier
 from searchlab.data import Split, batches, normalize
 from searchlab.models import penultimate_features
 from searchlab.splitbn import branch, interpolate
-from searchlab.train import split_bn
+from searchlab.train import autocast, split_bn
 
 
 class Eval(NamedTuple):
@@ -50,19 +50,21 @@ def predictor(model, cfg):
     """``predict(x) -> {suffix: logits}`` on normalised images, in eval mode without gradients.
 
     A split-BatchNorm model runs twice, main and aux branch, and every lambda is interpolated from
-    those two outputs: a lambda costs no forward pass of its own.
+    those two outputs: a lambda costs no forward pass of its own. The forward passes run under the
+    autocast of ``speed.amp``; the logits come back as float32, so losses are summed in float32.
     """
     suffixes = heads(cfg)
 
     @torch.no_grad()
     def predict(x):
         model.eval()
-        if suffixes == [("", None)]:
-            return {"": model(x)}
-        with branch(model, "main"):
-            main = model(x)
-        with branch(model, "aux"):
-            aux = model(x)
+        with autocast(cfg["speed"]["amp"], x.device.type):
+            if suffixes == [("", None)]:
+                return {"": model(x).float()}
+            with branch(model, "main"):
+                main = model(x).float()
+            with branch(model, "aux"):
+                aux = model(x).float()
         return {suffix: interpolate(main, aux, lam, cfg["splitbn"]["interpolate"]) for suffix, lam in suffixes}
 
     return predict
@@ -130,7 +132,7 @@ def corruption_errors(model, data, cfg):
         for rows in severities:
             x = torch.from_numpy(np.array(images[name][rows])).permute(0, 3, 1, 2)  # a copy: memmaps are read-only
             y = torch.from_numpy(np.asarray(labels[rows], dtype=np.int64))
-            split = Split(x, y).to(device)
+            split = Split(x, y).to(device, cfg["speed"]["non_blocking"])
             for suffix, (_, acc) in scores(predict, split, data.mean, data.std,
                                            cfg["corruptions"]["batch_size"]).items():
                 errors[suffix] = errors.get(suffix, 0.0) + (1 - acc) / len(severities)
@@ -177,7 +179,7 @@ def spectrum(model, data, cfg):
     """Singular values, largest first, of the covariance of the penultimate features (He et al.'s
     Fig. 3) of the first ``spectrum.images`` training images, unaugmented, in eval mode: of all of
     them (array ``spectrum_all``) and of those of class ``spectrum.class`` (``spectrum_class<C>``).
-    A split-BatchNorm model is measured on its main branch."""
+    A split-BatchNorm model is measured on its main branch, always in float32 (no ``speed.amp``)."""
     s = cfg["spectrum"]
     subset = data.train[:s["images"]]
     features = []

@@ -358,13 +358,16 @@ def forward_with_hooks(model: nn.Module, x: torch.Tensor, hooks: list[tuple[nn.M
     """One forward pass in eval mode without autograd, with forward ``hooks`` (module, fn) in place.
 
     The hooks are removed and every module's own training mode restored afterwards, also on error
-    (some modules may be deliberately in eval, e.g. frozen BN).
+    (some modules may be deliberately in eval, e.g. frozen BN). What the hooks measure (CKA's grams,
+    the spectrum's features) comes from the plain model: autocast is off, so it stays in the
+    model's own precision under a trial's ``speed.amp``, and a compiled model (``speed.compile``)
+    runs eagerly, where hooks see each layer as written and cost no recompilation.
     """
     modes = {m: m.training for m in model.modules()}
     handles = [module.register_forward_hook(fn) for module, fn in hooks]
     try:
         model.eval()
-        with torch.no_grad():
+        with torch.no_grad(), torch.autocast(x.device.type, enabled=False), torch.compiler.set_stance("force_eager"):
             model(x)
     finally:
         for h in handles:

@@ -147,10 +147,43 @@ def split_bn(cfg):
 
 
 def prepare_model(model, cfg):
-    """The model as the config's regimes train it: with split BatchNorm when ``split_bn(cfg)``."""
+    """The model as the config's regimes train it: with split BatchNorm when ``split_bn(cfg)``; in
+    channels-last memory format and compiled when ``speed`` says so."""
     if split_bn(cfg):
         splitbn.convert(model, cfg["splitbn"]["shared_affine"])
+    speed = cfg["speed"]
+    if speed["channels_last"]:
+        # The batches are channels-last already (data.normalize); weights in the same layout spare
+        # the convolutions a conversion of them at every call.
+        model = model.to(memory_format=torch.channels_last)
+    if speed["compile"]:
+        # In place (nn.Module.compile), not torch.compile(model): the module keeps its type and its
+        # state_dict keys (no "_orig_mod." prefix), so checkpoints load into a plain model (resume,
+        # CKA), hooks and split BatchNorm branches reach its layers, and a deepcopy is a plain
+        # module. The reset drops graphs of a reused worker's earlier trials, which would count
+        # towards dynamo's recompile limit (beyond it, it runs uncompiled).
+        torch.compiler.reset()
+        model.compile(backend=speed["compile_backend"])
     return model
+
+
+# ---- mixed precision ------------------------------------------------------------------------
+
+# speed.amp -> the dtype of autocast regions (None: no autocast)
+AMP = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def autocast(amp, device_type):
+    """Autocast for the forward passes of ``speed.amp`` on a device type ("cpu", "cuda"): matmuls
+    and convolutions in bf16 or fp16, losses and reductions in float32; a no-op for "none"."""
+    return torch.autocast(device_type, dtype=AMP[amp], enabled=AMP[amp] is not None)
+
+
+def make_scaler(amp, device_type):
+    """The GradScaler of a trial: fp16's small range lets small gradients underflow to 0, so its
+    loss is scaled up before backward and the gradients down before the step (steps with inf or
+    NaN gradients are skipped and the scale lowered). For other precisions it passes through."""
+    return torch.amp.GradScaler(device_type, enabled=amp == "fp16")
 
 
 def regime_of(cfg, name):
@@ -161,7 +194,7 @@ def regime_of(cfg, name):
 # ---- one epoch ------------------------------------------------------------------------------
 
 def train_epoch(model, data, optimizer, optim, epoch, augment, generator, regime=REGIMES["standard"],
-                schedule=None):
+                schedule=None, amp="none", scaler=None):
     """Train one epoch (``epoch`` counts from 0); return (mean loss, accuracy) over its images.
 
     ``regime`` decides what each batch becomes and what the loss is (``regimes.REGIMES``), with the
@@ -169,8 +202,14 @@ def train_epoch(model, data, optimizer, optim, epoch, augment, generator, regime
     seeded generator replays the epoch. The learning rate of each step is ``schedule(t)`` at the
     fractional epoch t where the step ends (default ``lr_at(optim, t)``; the trainable passes
     ``learning_rate`` of its config). Sums stay on the device to avoid a host sync per step.
+
+    ``amp`` (``speed.amp``) runs the regime's forward passes and loss under autocast (augmentation
+    stays on uint8: ``Pipeline.images`` turns autocast off), with ``scaler`` (``make_scaler``: the
+    trainable keeps one for the whole trial and checkpoints it) for fp16.
     """
     schedule = schedule or partial(lr_at, optim)
+    device_type = data.train.x.device.type
+    scaler = make_scaler(amp, device_type) if scaler is None else scaler
     model.train()
     steps = math.ceil(len(data.train) / optim["batch_size"])
     loss_sum = torch.zeros((), device=data.train.x.device)
@@ -179,10 +218,12 @@ def train_epoch(model, data, optimizer, optim, epoch, augment, generator, regime
     for step, (x, y) in enumerate(batches(data.train, optim["batch_size"], generator)):
         for group in optimizer.param_groups:
             group["lr"] = schedule(epoch + (step + 1) / steps)
-        loss, logits = regime(model, x, y, augment, generator, standardise)
+        with autocast(amp, device_type):
+            loss, logits = regime(model, x, y, augment, generator, standardise)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
         loss_sum += loss.detach() * len(x)
         correct += (logits.detach().argmax(1) == y).sum()  # against the unmixed labels
     mean_loss = loss_sum.item() / len(data.train)

@@ -23,8 +23,8 @@ from searchlab.config import resolve
 from searchlab.data import load_dataset
 from searchlab.evals import at_best, at_end, metric_names, numbers_and_arrays, run_evals, trends
 from searchlab.models import build_model
-from searchlab.train import (learning_rate, make_optimizer, phase_at, prepare_model, regime_of, total_epochs,
-                             train_epoch)
+from searchlab.train import (learning_rate, make_optimizer, make_scaler, phase_at, prepare_model, regime_of,
+                             total_epochs, train_epoch)
 from searchlab.version import code_version
 
 
@@ -43,6 +43,7 @@ def train(config):
                         weights=cfg["model"]["weights"], dropout=cfg["model"]["dropout"])
     model = prepare_model(model, cfg).to(device)
     optimizer = make_optimizer(model, optim)
+    scaler = make_scaler(cfg["speed"]["amp"], data.train.x.device.type)
     schedule = partial(learning_rate, cfg)
     record_trial(cfg)
 
@@ -53,6 +54,8 @@ def train(config):
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
+        if state.get("scaler"):  # fp16's loss scale ({} for other precisions)
+            scaler.load_state_dict(state["scaler"])
         best, history = state["best"], state["history"]
         # An epoch whose checkpoint was saved but whose report never reached the results (the
         # driver stopped in between) is reported now, so that its curves have no hole.
@@ -71,7 +74,7 @@ def train(config):
         phase = phase_at(cfg, epoch)
         augment = Pipeline(phase.pipeline, phase.mix, data.num_classes)
         train_loss, train_acc = train_epoch(model, data, optimizer, optim, epoch, augment, generator,
-                                            regime_of(cfg, phase.regime), schedule)
+                                            regime_of(cfg, phase.regime), schedule, cfg["speed"]["amp"], scaler)
         measured = run_evals(ev["every_epoch"], model, data, cfg)
         if is_better(measured[ev["select"]], best.get(ev["select"]), ev["mode"]):
             best = {"epoch": epoch + 1, **measured, "model": copy.deepcopy(model.state_dict())}
@@ -92,7 +95,8 @@ def train(config):
         history.append(metrics)
         with tempfile.TemporaryDirectory() as folder:
             checkpoint.save(folder, epoch + 1, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                                "best": best, "history": history}, cfg, metrics, arrays)
+                                                "scaler": scaler.state_dict(), "best": best, "history": history},
+                            cfg, metrics, arrays)
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
 
 

@@ -16,7 +16,7 @@ import numpy as np
 
 from searchlab import checkpoint
 from searchlab.analysis.cka import cka_impact, cka_matrix, layer_depths
-from searchlab.data import DATASETS, batches, load_dataset, normalize
+from searchlab.data import DATASETS, batches, load_dataset, move, normalize
 from searchlab.models import build_model
 from searchlab.train import total_epochs
 
@@ -99,7 +99,8 @@ def compare(experiment_dir, group, a, b, trial_dir_a, trial_dir_b, device="cpu")
     data = load_dataset(d["dataset"], val_size=d["val_size"], train_size=d["train_size"],
                         test_size=1, split_seed=d["split_seed"], root=d["root"])
     n = min(cka["images"], len(data.val))
-    loader = [(normalize(x, data.mean, data.std).to(device), y)
+    non_blocking = config.get("speed", {}).get("non_blocking", False)  # configs of older runs have no speed
+    loader = [(move(normalize(x, data.mean, data.std), device, non_blocking), y)
               for x, y in batches(data.val[:n], cka["batch_size"],
                                   drop_last=n >= cka["batch_size"])]  # unbiased HSIC needs full batches
     matrix, names_a, names_b = cka_matrix(model_a, model_b, loader, unbiased=True, device=device)

@@ -132,6 +132,12 @@ class Pipeline:
         self.num_classes = num_classes
 
     def images(self, x, generator):
+        # Exact on uint8 whatever the caller's precision: a training step runs under autocast
+        # (speed.amp), which would round any float convolution or matmul of an op to bf16 or fp16.
+        with torch.autocast(x.device.type, enabled=False):
+            return self._images(x, generator)
+
+    def _images(self, x, generator):
         for spec in self.specs:
             op = partial(SPEC_OPS[spec["op"]], **{k: v for k, v in spec.items() if k not in ("op", "p")})
             p = spec.get("p", 1.0)

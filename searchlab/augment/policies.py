@@ -283,14 +283,15 @@ def augmix(x, generator, severity=3, width=3, depth=-1, alpha=1.0, all_ops=False
     if not 1 <= severity <= 10:
         raise ValueError(f"augmix: severity must be in [1, 10], got {severity}")
     names = AUGMIX_ALL_OPS if all_ops else AUGMIX_OPS
-    weights, m = _augmix_weights(len(x), width, alpha, generator, x.device)
-    mix = torch.zeros_like(x, dtype=torch.float32)
-    for i in range(width):
-        chain = _augmix_chain(x, generator, severity, depth, names)
-        mix += weights[:, i, None, None, None] * chain.float()
-    m = m[:, None, None, None]
-    mixed = (1 - m) * x.float() + m * mix
-    return mixed.round_().clamp_(0, 255).to(torch.uint8)
+    with torch.autocast(x.device.type, enabled=False):  # exact whatever the caller's precision (speed.amp)
+        weights, m = _augmix_weights(len(x), width, alpha, generator, x.device)
+        mix = torch.zeros_like(x, dtype=torch.float32)
+        for i in range(width):
+            chain = _augmix_chain(x, generator, severity, depth, names)
+            mix += weights[:, i, None, None, None] * chain.float()
+        m = m[:, None, None, None]
+        mixed = (1 - m) * x.float() + m * mix
+        return mixed.round_().clamp_(0, 255).to(torch.uint8)
 
 
 def augmix_jsd(logits_clean, logits_aug1, logits_aug2):
@@ -299,7 +300,8 @@ def augmix_jsd(logits_clean, logits_aug1, logits_aug2):
 
     The reference trains with cross-entropy on the clean logits plus 12 times this.
     """
-    probs = [torch.softmax(logits, dim=1) for logits in (logits_clean, logits_aug1, logits_aug2)]
+    # In float32: under fp16 autocast the clamp's 1e-7 is below fp16's normal range.
+    probs = [torch.softmax(logits.float(), dim=1) for logits in (logits_clean, logits_aug1, logits_aug2)]
     # As in the reference: clamping M keeps the KL finite when a probability underflows to 0.
     log_mixture = torch.clamp(sum(probs) / 3, 1e-7, 1).log()
     kl = [torch.nn.functional.kl_div(log_mixture, p, reduction="batchmean") for p in probs]
