@@ -15,6 +15,7 @@ Both files are written to a temporary name and renamed, so a reader never sees h
 """
 import glob
 import json
+import logging
 import os
 import pickle
 import tempfile
@@ -27,6 +28,8 @@ STATE = "state.pt"
 RECORD = "trial.json"
 ARRAYS = "arrays.npz"
 PREFIX = "checkpoint_"
+
+logger = logging.getLogger(__name__)
 
 
 class CheckpointError(ValueError):
@@ -131,9 +134,16 @@ def newest_state(candidates):
             errors.append(str(e))
     for folder in sorted(epochs, key=epochs.get, reverse=True):
         try:
-            return load_state(folder)
+            state = load_state(folder)
         except CheckpointError as e:
             errors.append(str(e))
+            continue
+        # A warning, so that it shows in the trial's output (Ray forwards a worker's stderr), naming
+        # the files skipped: the epochs after the checkpoint used are trained again.
+        for error in errors:
+            logger.warning("skipped an unreadable checkpoint, resuming from %s (epoch %s): %s",
+                           folder, state["epoch"], error)
+        return state
     if errors:
         raise CheckpointError(f"cannot resume: every checkpoint is unreadable ({'; '.join(errors)})")
     return None
