@@ -15,10 +15,10 @@ Both files are written to a temporary name and renamed, so a reader never sees h
 """
 import glob
 import json
-import logging
 import os
 import pickle
 import tempfile
+import warnings
 
 import numpy as np
 import torch
@@ -28,8 +28,6 @@ STATE = "state.pt"
 RECORD = "trial.json"
 ARRAYS = "arrays.npz"
 PREFIX = "checkpoint_"
-
-logger = logging.getLogger(__name__)
 
 
 class CheckpointError(ValueError):
@@ -141,8 +139,8 @@ def newest_state(candidates):
         # A warning, so that it shows in the trial's output (Ray forwards a worker's stderr), naming
         # the files skipped: the epochs after the checkpoint used are trained again.
         for error in errors:
-            logger.warning("skipped an unreadable checkpoint, resuming from %s (epoch %s): %s",
-                           folder, state["epoch"], error)
+            warnings.warn(f"skipped an unreadable checkpoint, resuming from {folder} (epoch {state['epoch']}): "
+                          f"{error}", stacklevel=2)
         return state
     if errors:
         raise CheckpointError(f"cannot resume: every checkpoint is unreadable ({'; '.join(errors)})")

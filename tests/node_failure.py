@@ -46,7 +46,12 @@ def main(storage):
     def watch(experiment):
         while not killed:
             for result in Path(experiment).glob("train_*/result.json"):
-                rows = [json.loads(line) for line in result.read_text().splitlines() if line.strip()]
+                rows = []
+                for line in result.read_text().splitlines():
+                    try:
+                        rows.append(json.loads(line))
+                    except json.JSONDecodeError:  # still being written
+                        pass
                 if rows and rows[-1]["epoch"] >= KILL_AT_EPOCH:
                     node_id = json.loads((result.parent / "searchlab_trial.json").read_text())["placement"]["node_id"]
                     node, = [w for w in workers if w.node_id == node_id]
