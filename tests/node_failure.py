@@ -6,8 +6,8 @@ A head with no CPUs and two worker nodes of 1 CPU each (ray.cluster_utils.Cluste
 raylets on this machine). One trial of tests/spaces/digits_one.py (8 epochs, max_failures 2) runs
 through sweep.run; once it has reported epoch 2, the raylet of the node it runs on (the node id its
 searchlab_trial.json names) is SIGKILLed. Tune retries the trial from its checkpoint on the other
-worker node. Prints one JSON line: the killed node, the node the trial finished on (its record is
-rewritten when the trial starts again), the epochs in result.json. Run in its own process: it
+worker node. Prints one line, OUTCOME and JSON: the killed node, the node the trial finished on
+(its record is rewritten when the trial starts again), the epochs in result.json. Run in its own process: it
 starts and stops its own Ray cluster, and only that one.
 """
 import json
@@ -68,7 +68,7 @@ def main(storage):
         sweep.run(SPACE, {}, name=experiment.name, storage=storage)
         trial_dir, = experiment.glob("train_*")
         rows = [json.loads(line) for line in (trial_dir / "result.json").read_text().splitlines() if line.strip()]
-        print(json.dumps({"killed": killed, "finished_on": json.loads(
+        print("OUTCOME", json.dumps({"killed": killed, "finished_on": json.loads(
             (trial_dir / "searchlab_trial.json").read_text())["placement"]["node_id"],
             "worker_nodes": [w.node_id for w in workers], "epochs": [r["epoch"] for r in rows],
             "status": sweep.recorded_statuses(experiment), "seconds": round(time.time() - began, 1)}))

@@ -151,7 +151,9 @@ def test_a_trial_whose_node_dies_continues_on_another_node_with_every_epoch_once
     run = subprocess.run([sys.executable, str(HERE / "node_failure.py"), str(tmp_path)], env=env(),
                          capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
-    outcome = json.loads(run.stdout.strip().splitlines()[-1])
+    # Ray's own lines (the killed raylet's last log) may come after it.
+    line, = [line for line in run.stdout.splitlines() if line.startswith("OUTCOME ")]
+    outcome = json.loads(line.split(" ", 1)[1])
     print(outcome)
     killed, finished_on, workers = outcome["killed"], outcome["finished_on"], outcome["worker_nodes"]
     assert killed["node_id"] in workers and finished_on in workers and finished_on != killed["node_id"]
