@@ -19,6 +19,7 @@ import json
 import os
 import pickle
 import tempfile
+import warnings
 
 import numpy as np
 import torch
@@ -132,9 +133,16 @@ def newest_state(candidates):
             errors.append(str(e))
     for folder in sorted(epochs, key=epochs.get, reverse=True):
         try:
-            return load_state(folder)
+            state = load_state(folder)
         except CheckpointError as e:
             errors.append(str(e))
+            continue
+        # A warning, so that it shows in the trial's output (Ray forwards a worker's stderr), naming
+        # the files skipped: the epochs after the checkpoint used are trained again.
+        for error in errors:
+            warnings.warn(f"skipped an unreadable checkpoint, resuming from {folder} (epoch {state['epoch']}): "
+                          f"{error}", stacklevel=2)
+        return state
     if errors:
         raise CheckpointError(f"cannot resume: every checkpoint is unreadable ({'; '.join(errors)})")
     return None

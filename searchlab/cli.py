@@ -2,6 +2,7 @@
 its networks by CKA, open TensorBoard on it; preview augmentations; prepare datasets."""
 import argparse
 import ast
+import errno
 import inspect
 import json
 import os
@@ -218,6 +219,23 @@ VERBOSE_HELP = ("show all that Ray and Tune print (by default: Tune's progress t
                 "searchlab's own lines)")
 
 
+# A write that failed because of the storage itself, not because of searchlab: what to say about it.
+STORAGE_ERRORS = {errno.EROFS: "its file system is read-only", errno.ENOSPC: "no space left on its device",
+                  errno.EDQUOT: "the disk quota is exceeded"}
+
+
+def storage_problem(error, storage):
+    """A one-line message for an OSError of a full or read-only storage, else None. ``storage``: the
+    folder the command writes to, named when the error names no file (Tune's copies through pyarrow).
+    Checkpoints and Tune's state saved before stay as they were (a state file cut short is put back by
+    resume from its copy, sweep.repair_state)."""
+    if error.errno not in STORAGE_ERRORS:
+        return None
+    where = error.filename or f"to storage {storage}"
+    return (f"cannot write {where}: {STORAGE_ERRORS[error.errno]}. What was saved before is intact: once the "
+            "storage is writable, `searchlab resume` the experiment (or start it again)")
+
+
 def build_parser():
     parser = Parser(prog="searchlab", description=__doc__)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -338,6 +356,12 @@ def main(argv=None):
     except Exception as e:
         if a.debug:
             raise
+        # The folder the command writes to: the experiment, or the storage a sweep starts in.
+        storage = (getattr(a, "experiment", None) or getattr(a, "storage", None)
+                   or os.environ.get("SEARCHLAB_RESULTS", "~/searchlab_results"))
+        if isinstance(e, OSError) and storage_problem(e, storage):
+            print(f"searchlab: error: {storage_problem(e, storage)}", file=sys.stderr)
+            return 1
         print(f"searchlab: error: {type(e).__name__}: {e} (run with --debug for the traceback)",
               file=sys.stderr)
         return 1

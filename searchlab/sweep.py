@@ -7,6 +7,7 @@ An experiment directory is ``<storage>/<name>``. Next to Tune's own files it hol
 ``searchlab_sweep.json``: the space, its arguments and its source text when the sweep started,
 which is all ``resume`` needs to rebuild the same Tuner and all a reader needs to know what ran.
 """
+import contextlib
 import datetime
 import glob
 import inspect
@@ -74,10 +75,12 @@ def resume(experiment, address=None):
     """Finish an interrupted sweep: unfinished and errored trials continue from their checkpoints."""
     experiment = Path(experiment).expanduser().resolve()
     record = read_record(experiment)
-    states = sorted(glob.glob(str(experiment / "experiment_state-*.json")))
-    if not states:
-        raise UserError(f"nothing to resume in {experiment}: no experiment_state-*.json "
-                        "(the sweep stopped before its first trial started; start it again)")
+    if not _snapshot_written(experiment):
+        # Stopped before Tune's first snapshot: there is nothing of Tune's to restore, but the record
+        # holds the space and its arguments, so the sweep starts again under the same name.
+        set_aside_unstarted(experiment)
+        return run(record["space"], record["args"], name=experiment.name, storage=experiment.parent,
+                   address=address or record.get("address"))
     repair_state(experiment)
     trials_before = len(trial_table(experiment))
     spec = spaces.load(record["space"], record["args"])
@@ -480,7 +483,12 @@ def backup_state(experiment, copied):
         folder = Path(experiment) / STATE_BACKUP
         folder.mkdir(exist_ok=True)
         temporary = folder / f".{path.name}.tmp"
-        temporary.write_bytes(path.read_bytes())
+        try:
+            temporary.write_bytes(path.read_bytes())
+        except OSError:  # a full storage: leave the last good copy, and no copy cut short beside it
+            with contextlib.suppress(OSError):
+                temporary.unlink()
+            raise
         os.replace(temporary, folder / path.name)
         copied[path.name] = stamp
 
@@ -500,6 +508,36 @@ def repair_state(experiment):
         temporary.write_bytes(copy.read_bytes())
         os.replace(temporary, path)
         print(f"{path.name} was cut short (the driver was killed while writing it): restored its last readable copy")
+
+
+def _snapshot_written(experiment):
+    """Whether Tune wrote an experiment state to restore from: one that reads, or a readable copy of it
+    (a driver killed while Tune wrote its first snapshot leaves a file cut short and no copy)."""
+    return any(_readable(path) or _readable_copy(experiment, path)
+               for path in map(Path, glob.glob(str(Path(experiment) / "experiment_state-*.json"))))
+
+
+def _readable_copy(experiment, path):
+    copy = Path(experiment) / STATE_BACKUP / path.name
+    return copy.is_file() and _readable(copy)
+
+
+UNSTARTED = ".searchlab_unstarted"
+
+
+def set_aside_unstarted(experiment):
+    """Move what a start stopped before Tune's first snapshot left in ``experiment`` (Tune's tuner.pkl,
+    trial folders holding no finished work) into EXPERIMENT/.searchlab_unstarted/<time>/, so that the
+    new start, which names its trials afresh, and the readers of the trial folders (status, figures,
+    CKA) see only its own. Moved, not deleted: nothing a user might want is lost. The record stays."""
+    leftovers = [p for p in Path(experiment).iterdir() if p.name != RECORD and not p.name.startswith(".")]
+    if not leftovers:
+        return
+    folder = Path(experiment) / UNSTARTED / f"{datetime.datetime.now():%Y%m%d-%H%M%S-%f}"
+    folder.mkdir(parents=True)
+    for path in leftovers:
+        os.replace(path, folder / path.name)
+    print(f"the sweep stopped before Tune's first snapshot: starting it again; what it left is in {folder}")
 
 
 def _run_config(spec, name, storage, experiment):

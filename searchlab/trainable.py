@@ -156,7 +156,7 @@ def latest_state():
     with tempfile.TemporaryDirectory() as scratch:
         folders = [local_folder(c, os.path.join(scratch, str(i))) for i, c in enumerate(candidates)]
         state = checkpoint.newest_state(folders)
-        known = checkpoint.read_record(folders[0])["epoch"] if given else 0
+        known = given_epoch(folders[0]) if given else 0
     if state is None:
         return None, set()
     # With no checkpoint of its own Tune starts the trial's result.json afresh (its loggers restore
@@ -164,6 +164,15 @@ def latest_state():
     # the history must be reported again. This happens when resume had to fall back to an older
     # copy of Tune's state (sweep.repair_state).
     return state, epochs_to_report([m["epoch"] for m in state["history"]], known, logged if given else set())
+
+
+def given_epoch(folder):
+    """The epoch of the checkpoint Tune handed back; 0 when its trial.json is unreadable (a corrupted
+    checkpoint, which ``newest_state`` skipped): then epochs already in result.json are not reported again."""
+    try:
+        return checkpoint.read_record(folder)["epoch"]
+    except checkpoint.CheckpointError:
+        return 0
 
 
 def epochs_to_report(epochs, known, logged):
