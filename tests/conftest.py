@@ -21,7 +21,8 @@ def ray_session():
     """One Ray instance for the whole test session (DESIGN.md section 5)."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=200 * 1024**2,
+    # "local": a Ray of the suite's own, never a cluster that `ray start` left on the machine.
+    ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=200 * 1024**2,
              log_to_driver=False)
     yield
     ray.shutdown()
