@@ -35,7 +35,11 @@ def run(space, args=None, name=None, storage=None, address=None):
     if not address:  # on a cluster the data lives on the workers, which the driver cannot see
         spaces.check_data(spec)
     name = name or f"{Path(space).stem}-{datetime.datetime.now():%Y%m%d-%H%M%S}"
-    storage = Path(storage or os.environ.get("SEARCHLAB_RESULTS", DEFAULT_STORAGE)).expanduser().resolve()
+    storage = str(storage or os.environ.get("SEARCHLAB_RESULTS", DEFAULT_STORAGE))
+    if "://" in storage:  # the record, the figures and the state backups are written as local files
+        raise UserError(f"--storage {storage}: object-store URIs are not supported yet; mount the bucket "
+                        "(e.g. s3fs, gcsfuse) on every node and give its path")
+    storage = Path(storage).expanduser().resolve()
     experiment = storage / name
     if glob.glob(str(experiment / "experiment_state-*.json")):
         raise UserError(f"experiment {experiment} exists; continue it with `searchlab resume "

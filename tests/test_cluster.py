@@ -137,3 +137,10 @@ def test_a_node_that_cannot_see_the_storage_or_the_data_stops_the_sweep_before_i
     assert done["storage"].startswith(f"storage {storage} is not visible on 1 of the cluster's 2 nodes")
     assert "on node " in done["data"] and f"{empty}/cifar10" in done["data"]
     assert not list(tmp_path.glob("*/*/*/result.json"))  # no trial started
+
+
+def test_an_object_store_uri_as_storage_is_a_clear_error():
+    from searchlab import sweep
+
+    with pytest.raises(UserError, match=r"^--storage s3://bucket/results: object-store URIs are not supported"):
+        sweep.run(str(HERE / "spaces" / "gpu_tiny.py"), {"gpu": 0.0}, storage="s3://bucket/results")
