@@ -46,9 +46,12 @@ def run(space, args=None, name=None, storage=None, address=None):
                         f"{experiment}` or pick another --name")
     experiment.mkdir(parents=True, exist_ok=True)
     module = spaces.load_module(space)
-    (experiment / RECORD).write_text(json.dumps(
+    # Written whole or not at all (a full disk must not leave a record that resume cannot read).
+    temporary = experiment / f".{RECORD}.tmp"
+    temporary.write_text(json.dumps(
         {"space": space, "args": args or {}, "name": name, "address": address,
          "space_file": inspect.getsourcefile(module), "space_source": inspect.getsource(module)}, indent=2))
+    os.replace(temporary, experiment / RECORD)
 
     _init_ray(address)
     _check_cluster(spec, experiment, address)
