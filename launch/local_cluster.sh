@@ -62,7 +62,9 @@ python="${PYTHON:-python}"
 cluster_dir="$(mktemp -d /tmp/searchlab-cluster.XXXXXX)"
 export RAY_AUTH_MODE=token
 export RAY_AUTH_TOKEN_PATH="$cluster_dir/auth_token"
-unset RAY_AUTH_TOKEN RAY_ADDRESS  # Ray prefers RAY_AUTH_TOKEN to the file; RAY_ADDRESS names another cluster
+# Ray prefers RAY_AUTH_TOKEN to the file; RAY_ADDRESS names another cluster; Ray's single-node switch
+# (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0) would stop every worker node from joining.
+unset RAY_AUTH_TOKEN RAY_ADDRESS RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER
 (umask 077 && "$python" -c 'import secrets; print(secrets.token_hex(32))' > "$RAY_AUTH_TOKEN_PATH")
 
 # `python -c "$on_loopback" MODULE ARGS...` runs MODULE as `python -m` would, keeping 127.0.0.1 as given.

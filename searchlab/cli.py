@@ -316,6 +316,8 @@ def build_parser():
 def ray_environment(address):
     """Set what Ray reads once, when it is imported, for a driver of a cluster at ``address`` (None:
     the one ``searchlab sweep`` starts on this machine). A value the user set is kept."""
+    if "ray" in sys.modules:  # read already: setting them now would only reach child processes
+        return
     # Ray 2.60 turns token authentication on for a cluster that ray.init starts, and warns that it did
     # so, unless RAY_AUTH_MODE names the mode: token, Ray's own default. Every Ray process this driver
     # starts inherits it, so they agree; a driver in token mode also connects to a cluster started

@@ -269,9 +269,11 @@ def record_trial(cfg):
     retried trial starts again elsewhere)."""
     folder = tune.get_context().get_trial_dir()
     if folder:
-        with open(os.path.join(folder, "searchlab_trial.json"), "w") as f:
+        # Whole or not at all: a retried trial rewrites it while Tune may be copying it to storage.
+        with tempfile.NamedTemporaryFile("w", dir=folder, prefix=".searchlab_trial.", delete=False) as f:
             json.dump({"config": cfg, "seed": cfg["seed"], "code_version": code_version(),
                        "placement": placement(cfg["device"])}, f, indent=2, default=str)
+        os.replace(f.name, os.path.join(folder, "searchlab_trial.json"))
 
 
 def placement(device):
