@@ -56,6 +56,9 @@ def main(storage):
                     node_id = json.loads((result.parent / "searchlab_trial.json").read_text())["placement"]["node_id"]
                     node, = [w for w in workers if w.node_id == node_id]
                     os.kill(raylet_pid(node), signal.SIGKILL)
+                    # The node is gone, its processes with it: a worker outlives its raylet for a while
+                    # and, with short epochs, would finish the trial before the node is declared dead.
+                    os.kill(rows[-1]["pid"], signal.SIGKILL)
                     killed.update(node_id=node_id, at_epoch=rows[-1]["epoch"], raylet_pid=raylet_pid(node))
                     return
             time.sleep(0.05)
