@@ -38,16 +38,24 @@ class CheckpointError(ValueError):
 def save(folder, epoch, state, config, metrics, arrays=None):
     """Write a checkpoint of ``epoch`` into ``folder``: ``state`` (model, optimizer, best, history)
     into state.pt, the config and this epoch's metrics into trial.json, ``arrays`` into arrays.npz."""
-    _write(folder, STATE, lambda f: torch.save({"schema": SCHEMA, "epoch": epoch, **state}, f))
+    write_whole(folder, STATE, lambda f: torch.save({"schema": SCHEMA, "epoch": epoch, **state}, f))
     if arrays:
-        _write(folder, ARRAYS, lambda f: np.savez(f, **arrays))
+        write_whole(folder, ARRAYS, lambda f: np.savez(f, **arrays))
     record = {"schema": SCHEMA, "epoch": epoch, "config": config, "metrics": metrics}
-    _write(folder, RECORD, lambda f: f.write(json.dumps(record, indent=1, default=str).encode()))
+    write_whole(folder, RECORD, lambda f: f.write(json.dumps(record, indent=1, default=str).encode()))
 
 
-def _write(folder, name, write):
+def write_whole(folder, name, write):
+    """Write the file ``name`` in ``folder`` through ``write(binary file)`` under a temporary name,
+    then rename it: a reader sees the old file or the new one, never half of one, and a write that
+    fails (a full disk) leaves the old file and no temporary beside it."""
     with tempfile.NamedTemporaryFile(dir=folder, prefix=f".{name}.", delete=False) as f:
-        write(f)
+        try:
+            write(f)
+        except BaseException:
+            f.close()
+            os.unlink(f.name)
+            raise
     os.replace(f.name, os.path.join(folder, name))
 
 

@@ -7,7 +7,6 @@ An experiment directory is ``<storage>/<name>``. Next to Tune's own files it hol
 ``searchlab_sweep.json``: the space, its arguments and its source text when the sweep started,
 which is all ``resume`` needs to rebuild the same Tuner and all a reader needs to know what ran.
 """
-import contextlib
 import datetime
 import glob
 import inspect
@@ -20,7 +19,7 @@ from typing import Callable, NamedTuple
 
 from ray import tune
 
-from searchlab import cluster, config, deepaa_trials, spaces, trainable, train
+from searchlab import checkpoint, cluster, config, deepaa_trials, spaces, trainable, train
 from searchlab.errors import UserError
 
 RECORD = "searchlab_sweep.json"
@@ -46,12 +45,10 @@ def run(space, args=None, name=None, storage=None, address=None):
                         f"{experiment}` or pick another --name")
     experiment.mkdir(parents=True, exist_ok=True)
     module = spaces.load_module(space)
-    # Written whole or not at all (a full disk must not leave a record that resume cannot read).
-    temporary = experiment / f".{RECORD}.tmp"
-    temporary.write_text(json.dumps(
-        {"space": space, "args": args or {}, "name": name, "address": address,
-         "space_file": inspect.getsourcefile(module), "space_source": inspect.getsource(module)}, indent=2))
-    os.replace(temporary, experiment / RECORD)
+    record = {"space": space, "args": args or {}, "name": name, "address": address,
+              "space_file": inspect.getsourcefile(module), "space_source": inspect.getsource(module)}
+    # Whole or not at all: a full disk must not leave a record that resume cannot read.
+    checkpoint.write_whole(experiment, RECORD, lambda f: f.write(json.dumps(record, indent=2).encode()))
 
     _init_ray(address)
     _check_cluster(spec, experiment, address)
@@ -489,14 +486,8 @@ def backup_state(experiment, copied):
             continue
         folder = Path(experiment) / STATE_BACKUP
         folder.mkdir(exist_ok=True)
-        temporary = folder / f".{path.name}.tmp"
-        try:
-            temporary.write_bytes(path.read_bytes())
-        except OSError:  # a full storage: leave the last good copy, and no copy cut short beside it
-            with contextlib.suppress(OSError):
-                temporary.unlink()
-            raise
-        os.replace(temporary, folder / path.name)
+        # On a full storage this leaves the last good copy, and no copy cut short beside it.
+        checkpoint.write_whole(folder, path.name, lambda f: f.write(path.read_bytes()))
         copied[path.name] = stamp
 
 
@@ -511,9 +502,7 @@ def repair_state(experiment):
         if not (copy.is_file() and _readable(copy)):
             raise UserError(f"{path} is cut short (the driver was killed while Tune wrote it) and "
                             f"there is no readable copy in {copy.parent}; the sweep cannot be resumed")
-        temporary = path.with_name(f".{path.name}.tmp")
-        temporary.write_bytes(copy.read_bytes())
-        os.replace(temporary, path)
+        checkpoint.write_whole(path.parent, path.name, lambda f: f.write(copy.read_bytes()))
         print(f"{path.name} was cut short (the driver was killed while writing it): restored its last readable copy")
 
 

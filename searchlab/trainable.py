@@ -270,10 +270,10 @@ def record_trial(cfg):
     folder = tune.get_context().get_trial_dir()
     if folder:
         # Whole or not at all: a retried trial rewrites it while Tune may be copying it to storage.
-        with tempfile.NamedTemporaryFile("w", dir=folder, prefix=".searchlab_trial.", delete=False) as f:
-            json.dump({"config": cfg, "seed": cfg["seed"], "code_version": code_version(),
-                       "placement": placement(cfg["device"])}, f, indent=2, default=str)
-        os.replace(f.name, os.path.join(folder, "searchlab_trial.json"))
+        record = {"config": cfg, "seed": cfg["seed"], "code_version": code_version(),
+                  "placement": placement(cfg["device"])}
+        checkpoint.write_whole(folder, "searchlab_trial.json",
+                               lambda f: f.write(json.dumps(record, indent=2, default=str).encode()))
 
 
 def placement(device):
