@@ -24,7 +24,6 @@ from typing import Callable
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-import torchvision
 
 
 def _init_weights(model: nn.Module) -> None:
@@ -246,9 +245,12 @@ def wide_resnet(
 # --- torchvision ResNets adapted to 32x32 inputs ------------------------------
 
 
-def _torchvision_cifar(arch: Callable[..., nn.Module], num_classes: int = 10, in_channels: int = 3) -> nn.Module:
+def _torchvision_cifar(arch: str, num_classes: int = 10, in_channels: int = 3) -> nn.Module:
+    # Imported here: torchvision takes seconds to import, which every trial worker would pay.
+    import torchvision
+
     # num_classes sizes the fc head; only the stem needs changing.
-    model = arch(weights=None, num_classes=num_classes)
+    model = getattr(torchvision.models, arch)(weights=None, num_classes=num_classes)
     # A 7x7/2 stem plus max-pool would shrink 32x32 inputs to 8x8 immediately.
     model.conv1 = nn.Conv2d(in_channels, 64, 3, stride=1, padding=1, bias=False)
     nn.init.kaiming_normal_(model.conv1.weight, mode="fan_out", nonlinearity="relu")
@@ -292,8 +294,8 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "wrn28_2": partial(wide_resnet, 28, 2),
     "wrn28_10": partial(wide_resnet, 28, 10),
     "wrn40_2": partial(wide_resnet, 40, 2),
-    "resnet18": partial(_torchvision_cifar, torchvision.models.resnet18),
-    "resnet50": partial(_torchvision_cifar, torchvision.models.resnet50),
+    "resnet18": partial(_torchvision_cifar, "resnet18"),
+    "resnet50": partial(_torchvision_cifar, "resnet50"),
     "small_cnn": SmallCNN,
 }
 
@@ -426,6 +428,8 @@ def mix_points(model: nn.Module) -> list[nn.Module]:
     """
     if isinstance(model, _StemStagesHead):
         return list(model.stages)
+    import torchvision  # already imported if the model is one of torchvision's (see _torchvision_cifar)
+
     if isinstance(model, torchvision.models.ResNet):
         return [model.layer1, model.layer2, model.layer3, model.layer4]
     raise ValueError(f"{type(model).__name__} has no mix points for manifold mixup")

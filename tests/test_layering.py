@@ -64,3 +64,16 @@ def test_analysis_reads_checkpoints_through_the_checkpoint_module():
             source = path.read_text()
             assert "searchlab.trainable" not in imports(path)
             assert "state.pt" not in source and "trial.json\"" not in source and "torch.load" not in source
+
+
+def test_a_trial_worker_does_not_import_torchvision():
+    # torchvision takes seconds to import (3.5 s here, as long as torch itself), which every trial
+    # worker pays at start: the modules a trial imports load it only where a torchvision model or
+    # reference policy is used.
+    import subprocess
+    import sys
+
+    code = ("import sys, searchlab.trainable, searchlab.deepaa_trials, searchlab.analysis.actors; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'torchvision'))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

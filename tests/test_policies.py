@@ -84,6 +84,10 @@ def test_apply_per_image_equals_applying_each_op_image_by_image(cifar):
 # AutoAugment
 # ------------------------------------------------------------------------------------------------
 
+def test_autoaugment_policy_names_are_torchvisions():
+    assert policies.AUTOAUGMENT_POLICIES == tuple(p.value for p in AutoAugmentPolicy)
+
+
 def autoaugment_outcomes(img, policy):
     """Every (sub-policy, fired ops, signs) combination of torchvision's published policy applied to
     one image: {output bytes: probability}."""

@@ -15,7 +15,6 @@ import math
 
 import numpy as np
 import torch
-from torchvision.transforms import AutoAugment, AutoAugmentPolicy, RandAugment, TrivialAugmentWide
 
 from searchlab.augment import ops, stochastic
 
@@ -125,11 +124,15 @@ def _from_torchvision(name, magnitude, height, width):
 @functools.lru_cache(maxsize=None)
 def _space_tables(policy, num_magnitude_bins, height, width):
     """Op names and (centres, deviations [ops, bins], signed flags) of torchvision's RandAugment or
-    TrivialAugmentWide augmentation space, built once per (policy, bins, image size).
+    TrivialAugmentWide augmentation space (``policy``: their class name), built once per (policy,
+    bins, image size).
 
     Ops without a magnitude (a 0-d tensor in torchvision) keep centre and deviation 0.
     """
-    if policy is RandAugment:
+    # Imported here: torchvision takes seconds to import, which every trial worker would pay.
+    from torchvision.transforms import RandAugment, TrivialAugmentWide
+
+    if policy == "RandAugment":
         space = RandAugment()._augmentation_space(num_magnitude_bins, (height, width))
     else:
         space = TrivialAugmentWide()._augmentation_space(num_magnitude_bins)
@@ -147,7 +150,7 @@ def _space_tables(policy, num_magnitude_bins, height, width):
 # AutoAugment (Cubuk et al. 2019): the published CIFAR-10, SVHN and ImageNet sub-policies
 # ------------------------------------------------------------------------------------------------
 
-AUTOAUGMENT_POLICIES = tuple(p.value for p in AutoAugmentPolicy)
+AUTOAUGMENT_POLICIES = ("imagenet", "cifar10", "svhn")  # torchvision's AutoAugmentPolicy values
 
 
 @functools.lru_cache(maxsize=None)
@@ -156,6 +159,8 @@ def _autoaugment_tables(policy, height, width):
     (tensors [S, 2])."""
     if policy not in AUTOAUGMENT_POLICIES:
         raise ValueError(f"unknown AutoAugment policy {policy!r}; valid: {', '.join(AUTOAUGMENT_POLICIES)}")
+    from torchvision.transforms import AutoAugment, AutoAugmentPolicy  # seconds to import: see _space_tables
+
     reference = AutoAugment(AutoAugmentPolicy(policy))
     space = reference._augmentation_space(10, (height, width))  # AutoAugment's 10 magnitude bins
     names = sorted({name for sub in reference.policies for name, _, _ in sub})
@@ -196,7 +201,7 @@ def randaugment(x, generator, n=2, m=9, num_magnitude_bins=31):
         raise ValueError(f"randaugment: m must be in [0, {num_magnitude_bins - 1}] "
                          f"(a bin of num_magnitude_bins={num_magnitude_bins}), got {m}")
     count, _, h, w = x.shape
-    names, tables = _space_tables(RandAugment, num_magnitude_bins, h, w)
+    names, tables = _space_tables("RandAugment", num_magnitude_bins, h, w)
     centre, deviation, signed = (t.to(x.device) for t in tables)
     for _ in range(n):
         op = _randint(0, len(names), (count,), generator, x.device)
@@ -208,7 +213,7 @@ def randaugment(x, generator, n=2, m=9, num_magnitude_bins=31):
 def trivialaugment(x, generator, num_magnitude_bins=31):
     """TrivialAugment Wide: one op per image, op and magnitude bin uniform, random sign."""
     count, _, h, w = x.shape
-    names, tables = _space_tables(TrivialAugmentWide, num_magnitude_bins, h, w)
+    names, tables = _space_tables("TrivialAugmentWide", num_magnitude_bins, h, w)
     centre, deviation, signed = (t.to(x.device) for t in tables)
     op = _randint(0, len(names), (count,), generator, x.device)
     level = _randint(0, num_magnitude_bins, (count,), generator, x.device)
