@@ -57,3 +57,15 @@ def test_seeded_pipeline_replays_and_labels_pass_through():
 def test_bad_specs_name_what_is_valid(spec, message):
     with pytest.raises(UserError, match=message):
         validate(spec)
+
+
+# (make_grid returns a lone image unpadded, so every case has several)
+@pytest.mark.parametrize("rows, columns, size", [(1, 4, 4), (3, 5, 8), (2, 9, 7)])
+def test_image_grid_is_torchvisions_make_grid(rows, columns, size):
+    from torchvision.utils import make_grid
+
+    from searchlab.augment import image_grid
+
+    images = torch.randint(0, 256, (rows, columns, 3, size, size + 1), dtype=torch.uint8)
+    expected = make_grid(images.flatten(0, 1), nrow=columns, padding=2, pad_value=255)
+    assert torch.equal(image_grid(images), expected)

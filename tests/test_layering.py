@@ -68,12 +68,15 @@ def test_analysis_reads_checkpoints_through_the_checkpoint_module():
 
 def test_a_trial_worker_does_not_import_torchvision():
     # torchvision takes seconds to import (3.5 s here, as long as torch itself), which every trial
-    # worker pays at start: the modules a trial imports load it only where a torchvision model or
-    # reference policy is used.
+    # worker pays at start: the modules a trial imports, and the augmentation preview it writes, load
+    # it only where a torchvision model or reference policy is used.
     import subprocess
     import sys
 
-    code = ("import sys, searchlab.trainable, searchlab.deepaa_trials, searchlab.analysis.actors; "
+    code = ("import sys, torch, searchlab.trainable, searchlab.deepaa_trials, searchlab.analysis.actors\n"
+            "from searchlab.augment import STANDARD, Pipeline, preview_grid\n"
+            "preview_grid(Pipeline(STANDARD, None, 10), torch.zeros(2, 3, 8, 8, dtype=torch.uint8),"
+            " torch.zeros(2, dtype=torch.long), torch.Generator())\n"
             "print(sorted(m for m in sys.modules if m.split('.')[0] == 'torchvision'))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
