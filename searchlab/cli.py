@@ -120,6 +120,15 @@ def cmd_figures(a):
     return 0
 
 
+def cmd_report(a):
+    from searchlab.analysis import report
+
+    _existing(a.experiment)
+    path, written = report.write(a.experiment, a.out, a.format)
+    print(f"{report.progress_line(written['progress'])}\nreport: {path}")
+    return 0
+
+
 def cmd_tensorboard(a):
     _existing(a.experiment)
     command = [sys.executable, "-m", "tensorboard.main", "--logdir", a.experiment, "--port", str(a.port)]
@@ -277,6 +286,13 @@ def build_parser():
     p = sub.add_parser("figures", help="(re)draw the figures and tables of an experiment's study")
     p.add_argument("experiment", help=EXPERIMENT_HELP + "; its space names figures (e.g. space splitbn)")
     p.set_defaults(run=cmd_figures)
+
+    p = sub.add_parser("report", help="one page of an experiment: its study's tables and figures, seeds' "
+                                      "spread, cost, progress (md or self-contained html)")
+    p.add_argument("experiment", help=EXPERIMENT_HELP + "; finished or still running")
+    p.add_argument("--out", help="folder to write into (default: EXPERIMENT/report)")
+    p.add_argument("--format", choices=("md", "html"), default="md", help="default: %(default)s")
+    p.set_defaults(run=cmd_report)
 
     p = sub.add_parser("tensorboard", help="open TensorBoard on an experiment")
     p.add_argument("experiment", help=EXPERIMENT_HELP + ", or a storage folder to see all its experiments")

@@ -106,7 +106,7 @@ def deepaa_pretrain(config):
     cfg = resolve(config)
     device, data = _setup(cfg)
     pools = _pools(cfg, data)
-    record_trial(cfg)
+    record_trial(cfg, pretrain_epochs(cfg))
     path = proxy_path(cfg)
     state, unlogged = latest_state()
     if state is None and os.path.exists(path):  # trained by an earlier search with the same data, recipe and seed
@@ -191,7 +191,7 @@ def deepaa_layer(config):
     cfg = resolve(config)
     device, data = _setup(cfg)
     pools = _pools(cfg, data)
-    record_trial(cfg)
+    record_trial(cfg, reports(cfg))
     proxy = load_proxy(cfg, data.num_classes, device)
     space, run = deepaa.Space(), settings(cfg)
     layer_number, frozen = cfg["deepaa"]["layer"], cfg["deepaa"]["frozen"]

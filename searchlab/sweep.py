@@ -45,7 +45,7 @@ def run(space, args=None, name=None, storage=None, address=None):
                         f"{experiment}` or pick another --name")
     experiment.mkdir(parents=True, exist_ok=True)
     module = spaces.load_module(space)
-    record = {"space": space, "args": args or {}, "name": name, "address": address,
+    record = {"space": space, "args": args or {}, "name": name, "address": address, "trials": planned_trials(spec),
               "space_file": inspect.getsourcefile(module), "space_source": inspect.getsource(module)}
     # Whole or not at all: a full disk must not leave a record that resume cannot read.
     checkpoint.write_whole(experiment, RECORD, lambda f: f.write(json.dumps(record, indent=2).encode()))
@@ -73,6 +73,18 @@ def run(space, args=None, name=None, storage=None, address=None):
     tuner.fit()
     write_figures(spec, experiment)
     return experiment
+
+
+def planned_trials(spec):
+    """How many trials the sweep will run (None when its searcher decides, as DeepAA's does), for
+    ``searchlab report``'s progress: num_samples x the grid's combinations, as Tune counts them."""
+    from ray.tune.search.variant_generator import generate_variants
+
+    if spec["searcher"] == "deepaa":
+        return None
+    if callable(spec["param_space"]):  # Optuna's define-by-run space: one trial per sample
+        return spec["num_samples"]
+    return spec["num_samples"] * sum(1 for _ in generate_variants(spec["param_space"]))
 
 
 def resume(experiment, address=None):

@@ -45,7 +45,7 @@ def train(config):
     optimizer = make_optimizer(model, optim)
     scaler = make_scaler(cfg["speed"]["amp"], data.train.x.device.type)
     schedule = partial(learning_rate, cfg)
-    record_trial(cfg)
+    record_trial(cfg, total_epochs(cfg))
 
     # ---- resume ---------------------------------------------------------------------------
     best = {"epoch": 0, "model": copy.deepcopy(model.state_dict())}  # and the metrics of that epoch
@@ -263,14 +263,18 @@ def log_augment_preview(phase, data, seed):
             writer.add_image("augment/preview", grid, 0)
 
 
-def record_trial(cfg):
-    """Write the resolved config, seed and code version into the trial directory, and where the trial
-    runs: its Ray node, the GPUs Ray assigned it and the device it trains on (rewritten when a
-    retried trial starts again elsewhere)."""
-    folder = tune.get_context().get_trial_dir()
+def record_trial(cfg, reports):
+    """Write the resolved config, seed and code version into the trial directory; the ``reports``
+    the trial will make and the resources it holds (for ``searchlab report``'s progress and cost);
+    and where the trial runs: its Ray node, the GPUs Ray assigned it and the device it trains on
+    (rewritten when a retried trial starts again elsewhere)."""
+    context = tune.get_context()
+    folder = context.get_trial_dir()
     if folder:
+        held = context.get_trial_resources().required_resources  # {"CPU": 1.0, "GPU": 0.25, ...}
         # Whole or not at all: a retried trial rewrites it while Tune may be copying it to storage.
-        record = {"config": cfg, "seed": cfg["seed"], "code_version": code_version(),
+        record = {"config": cfg, "seed": cfg["seed"], "code_version": code_version(), "reports": reports,
+                  "resources": {"cpu": held.get("CPU", 0.0), "gpu": held.get("GPU", 0.0)},
                   "placement": placement(cfg["device"])}
         checkpoint.write_whole(folder, "searchlab_trial.json",
                                lambda f: f.write(json.dumps(record, indent=2, default=str).encode()))

@@ -11,7 +11,7 @@ LOWER = ["errors", "data", "corruptions", "augment", "models", "splitbn", "regim
          "evals", "checkpoint", "config", "analysis.cka"]
 # Everything else in the package is above all of them.
 ABOVE = ["version", "trainable", "deepaa_trials", "deepaa_search", "spaces", "cluster", "sweep", "cli", "analysis.study",
-         "analysis.actors", "analysis.figures", "analysis.refinement", "analysis.deepaa_figures"]
+         "analysis.actors", "analysis.figures", "analysis.refinement", "analysis.deepaa_figures", "analysis.report"]
 
 
 def module_files(name):
