@@ -42,6 +42,8 @@ from searchlab.analysis.figures import differing_keys, figure_folder, flat, resu
 from searchlab.errors import UserError
 
 REPORT_DIR = "report"
+# A folder of the experiment holding one of these is a trial's (figures/, cka/, report/ are not).
+TRIAL_FILES = ("result.json", "searchlab_trial.json", "checkpoint_*")
 RECORD = "searchlab_sweep.json"  # sweep.RECORD, read here without importing Ray
 # The final metrics the generic section shows, in this order, when some trial reports them.
 FINAL = ("test_acc_at_best", "best_val_acc", "test_acc", "test_acc_median10", "train_loss")
@@ -118,21 +120,24 @@ def read_trials(experiment):
     """The experiment's trials (those Tune knows and those with a folder), and Tune's state."""
     states = tune_state(experiment)
     trials = []
-    names = sorted({*states, *(os.path.basename(os.path.dirname(p))
-                               for p in glob.glob(os.path.join(experiment, "*", "result.json")))})
+    names = sorted({*states, *(os.path.basename(os.path.dirname(p)) for pattern in TRIAL_FILES
+                               for p in glob.glob(os.path.join(experiment, "*", pattern)))})
     for name in names:
         folder = os.path.join(experiment, name)
         record = {}
         if os.path.isfile(os.path.join(folder, "searchlab_trial.json")):
             with open(os.path.join(folder, "searchlab_trial.json")) as f:
                 record = json.load(f)
-        config = record.get("config")
-        if config is None:
-            newest = checkpoint.newest(folder) if os.path.isdir(folder) else None
-            config = checkpoint.read_record(newest)["config"] if newest else states.get(name, {}).get("config", {})
         results = result_rows(os.path.join(folder, "result.json")) if os.path.isdir(folder) else []
-        status = states.get(name, {}).get("status", "RUNNING" if results else "PENDING")
-        trials.append(Trial(name, config, results, status, record.get("reports", 0),
+        config = record.get("config")
+        if config is None:  # a trial of an older version, or one that has not started: Tune's copy
+            newest = checkpoint.newest(folder) if os.path.isdir(folder) else None
+            config = (checkpoint.read_record(newest)["config"] if newest
+                      else results[-1].get("config", {}) if results else states.get(name, {}).get("config", {}))
+        reports = record.get("reports", 0)
+        done = bool(reports) and len(results) >= reports
+        status = states.get(name, {}).get("status") or ("TERMINATED" if done else "RUNNING" if results else "PENDING")
+        trials.append(Trial(name, config, results, status, reports,
                             record.get("resources", {"cpu": 1.0, "gpu": 0.0})))
     return trials
 
@@ -150,11 +155,8 @@ def tune_state(experiment):
     found = {}
     for entry, _ in data["trial_data"]:
         trial = json.loads(entry)
-        try:
-            config = json.loads(trial["config"])
-        except (TypeError, ValueError):
-            config = {}
-        found[trial["relative_logdir"]] = {"status": trial["status"], "config": config}
+        config = trial.get("config")
+        found[trial["relative_logdir"]] = {"status": trial["status"], "config": config if isinstance(config, dict) else {}}
     return found
 
 
@@ -212,7 +214,7 @@ def cell(numbers, scale=1.0):
     mean, std, n = spread([scale * v for v in numbers])
     if not n:
         return "-"
-    return f"{mean:.4g} (n=1)" if n == 1 else f"{mean:.4g} ± {std:.2g} (n={n})"
+    return f"{mean:.4g} (n=1)" if n == 1 else f"{mean:.4g} ± {std:.3g} (n={n})"
 
 
 def finals(trials, metric):
@@ -341,7 +343,7 @@ def read_csv_table(path):
 def joined(mean, std, n):
     if mean == "":
         return "-"
-    text = f"{float(mean):.4g}" + (f" ± {float(std):.2g}" if std not in ("", "nan") else "")
+    text = f"{float(mean):.4g}" + (f" ± {float(std):.3g}" if std not in ("", "nan") else "")
     return text + (f" (n={n})" if n else "")
 
 
