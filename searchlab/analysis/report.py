@@ -75,7 +75,8 @@ PUBLISHED = [
 
 class Trial(NamedTuple):
     name: str          # its folder
-    config: dict       # the resolved config it recorded
+    params: dict       # its config as the sweep gave it (Tune's), which sets the rows apart
+    config: dict       # the resolved config it recorded (its params until it has)
     results: list      # its reports, in order (result.json)
     status: str        # Tune's: PENDING, RUNNING, TERMINATED, ERROR, PAUSED
     reports: int       # the reports it makes when it finishes (0: not recorded)
@@ -128,16 +129,18 @@ def read_trials(experiment):
         if os.path.isfile(os.path.join(folder, "searchlab_trial.json")):
             with open(os.path.join(folder, "searchlab_trial.json")) as f:
                 record = json.load(f)
-        results = result_rows(os.path.join(folder, "result.json")) if os.path.isdir(folder) else []
+        path = os.path.join(folder, "result.json")
+        results = result_rows(path) if os.path.isfile(path) else []  # none yet: a trial starting
+        params = (states.get(name, {}).get("config") or (results[-1].get("config") if results else None)
+                  or record.get("config") or {})
         config = record.get("config")
-        if config is None:  # a trial of an older version, or one that has not started: Tune's copy
+        if config is None:  # a trial of an older version, or one that has not started
             newest = checkpoint.newest(folder) if os.path.isdir(folder) else None
-            config = (checkpoint.read_record(newest)["config"] if newest
-                      else results[-1].get("config", {}) if results else states.get(name, {}).get("config", {}))
+            config = checkpoint.read_record(newest)["config"] if newest else params
         reports = record.get("reports", 0)
         done = bool(reports) and len(results) >= reports
         status = states.get(name, {}).get("status") or ("TERMINATED" if done else "RUNNING" if results else "PENDING")
-        trials.append(Trial(name, config, results, status, reports,
+        trials.append(Trial(name, params, config, results, status, reports,
                             record.get("resources", {"cpu": 1.0, "gpu": 0.0})))
     return trials
 
@@ -192,14 +195,14 @@ def setting(config):
 
 
 def by_setting(trials):
-    """{row label: [trials]}: trials that differ only in their seed share a row, labelled by the
-    config values that set it apart from the other rows."""
+    """({row label: [trials]}, the config keys that set rows apart): trials that differ only in their
+    seed share a row, labelled by those keys' values."""
     groups = {}
     for t in trials:
-        groups.setdefault(setting(t.config), []).append(t)
-    keys = differing_keys([ts[0].config for ts in groups.values()], exclude=NOT_A_SETTING)
-    return {", ".join(f"{k}={short(flat(ts[0].config).get(k))}" for k in keys) or "all": ts
-            for ts in groups.values()}
+        groups.setdefault(setting(t.params), []).append(t)
+    keys = differing_keys([ts[0].params for ts in groups.values()], exclude=NOT_A_SETTING)
+    return {", ".join(f"{k}={short(flat(ts[0].params).get(k))}" for k in keys) or "all": ts
+            for ts in groups.values()}, keys
 
 
 def short(value):
@@ -244,22 +247,24 @@ def published_for(config):
 # ---- sections ----------------------------------------------------------------------------------
 
 def generic_section(experiment, trials, out):
-    """The varying config keys against the final metrics, one row per setting; the learning curves."""
-    groups = by_setting(trials)
+    """The config keys that set rows apart against the final metrics, one row per setting; the
+    learning curves."""
+    groups, keys = by_setting(trials)
     metrics = [m for m in FINAL if any(finals(ts, m) for ts in groups.values())]
-    published = {label: published_for(ts[0].config) for label, ts in groups.items()}
-    shown_published = any(published.values())
-    columns = ["setting", "finished", *metrics, *(["test error (%)", "published (%)", "source"] if shown_published
-                                                   else []), "cost"]
+    # Judged by a trial that has recorded its resolved config (one that has started), if any.
+    published = {label: published_for(max(ts, key=lambda t: bool(t.results)).config) for label, ts in groups.items()}
+    compared = ["test error (%)", "published (%)", "source"] if any(published.values()) else []
     rows = []
     for label, ts in groups.items():
-        row = [label, f"{sum(t.finished for t in ts)}/{len(ts)}", *(cell(finals(ts, m)) for m in metrics)]
-        if shown_published:
-            entry = published[label]
-            errors = [100 * (1 - v) for v in finals(ts, "test_acc_at_best")]
-            row += [cell(errors), entry["test_err"] if entry else "", entry["source"] if entry else ""]
+        config = flat(ts[0].params)
+        row = [*(short(config.get(k)) for k in keys), f"{sum(t.finished for t in ts)}/{len(ts)}",
+               *(cell(finals(ts, m)) for m in metrics)]
+        if compared:
+            entry = published[label] or {}
+            row += [cell([100 * (1 - v) for v in finals(ts, "test_acc_at_best")]), entry.get("test_err", ""),
+                    entry.get("source", "")]
         rows.append(row + [cost_cell(ts)])
-    table = Table("Final metrics per setting", columns, rows,
+    table = Table("Final metrics per setting", [*keys, "finished", *metrics, *compared, "cost"], rows,
                   "mean ± sample std (ddof 1) over the setting's finished trials (its seeds), with n; "
                   "test error from test_acc_at_best")
     return Section("Sweep", f"{len(trials)} trials in {len(groups)} settings.", [table],
@@ -437,7 +442,7 @@ def build(experiment, out):
     state = progress(trials, record.get("trials"))
     study = study_of(trials)
     sections = [study_section(study, experiment, trials, out) if study else generic_section(experiment, trials, out)]
-    total = Table("Cost", ["device", "device-hours", "trials"],
+    total = Table("Total", ["device", "device-hours", "trials"],
                   [[device, f"{sum(t.hours for t in trials if t.device == device):.4g}",
                     sum(t.device == device for t in trials)] for device in sorted({t.device for t in trials})],
                   "each report's time_this_iter_s x the trial's CPU or GPU request")
