@@ -107,8 +107,9 @@ def test_rows_over_seeds_cost_and_published_value(plain, tmp_path):
     exp, finished, every = plain
     _, built = report.write(exp, tmp_path / "out", tensorboard=False)
     table = built["sections"][0].tables[0]
-    assert table.columns[0] == "optim.lr"  # the seeds share a row; only lr sets rows apart
-    rows = {row[0]: dict(zip(table.columns, row)) for row in table.rows}
+    # The seeds share a row; only lr sets rows apart (dataset and model are always shown).
+    assert table.columns[:3] == ["data.dataset", "model.name", "optim.lr"]
+    rows = {row[2]: dict(zip(table.columns, row)) for row in table.rows}
     assert set(rows) == {"0.1", "0.05"}
     he, half = rows["0.1"], rows["0.05"]
     assert he["finished"] == "3/4" and half["finished"] == "2/2"
@@ -151,7 +152,7 @@ def test_markdown_html_and_tensorboard(plain, tmp_path):
     assert Path(path).parent == exp / "report"
     for image in re.findall(r"\]\((figures/[^)]+)\)", text):
         assert (Path(path).parent / image).is_file()
-    assert "curves.png" in text and "| 0.1 | 3/4 |" in text
+    assert "curves.png" in text and "| cifar10 | resnet20 | 0.1 | 3/4 |" in text
     path, _ = report.write(exp, tmp_path / "html", fmt="html")
     page = Path(path).read_text()
     # Self-contained: the figures are inside, nothing is fetched from anywhere.

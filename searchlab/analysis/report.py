@@ -47,6 +47,8 @@ TRIAL_FILES = ("result.json", "searchlab_trial.json", "checkpoint_*")
 RECORD = "searchlab_sweep.json"  # sweep.RECORD, read here without importing Ray
 # The final metrics the generic section shows, in this order, when some trial reports them.
 FINAL = ("test_acc_at_best", "best_val_acc", "test_acc", "test_acc_median10", "train_loss")
+# The config keys the generic section's table always starts with.
+ALWAYS_SHOWN = ("data.dataset", "model.name")
 # The learning curves of the generic section: (metric, title).
 CURVES = (("val_acc", "validation accuracy"), ("train_loss", "training loss"))
 # Config keys that never set a row apart: repeats (seed) and records nobody reads (search).
@@ -250,6 +252,7 @@ def generic_section(experiment, trials, out):
     """The config keys that set rows apart against the final metrics, one row per setting; the
     learning curves."""
     groups, keys = by_setting(trials)
+    keys = [k for k in ALWAYS_SHOWN if k not in keys] + keys  # what was trained on what, even when it is one thing
     metrics = [m for m in FINAL if any(finals(ts, m) for ts in groups.values())]
     # Judged by a trial that has recorded its resolved config (one that has started), if any.
     published = {label: published_for(max(ts, key=lambda t: bool(t.results)).config) for label, ts in groups.items()}
@@ -267,7 +270,7 @@ def generic_section(experiment, trials, out):
     table = Table("Final metrics per setting", [*keys, "finished", *metrics, *compared, "cost"], rows,
                   "mean ± sample std (ddof 1) over the setting's finished trials (its seeds), with n; "
                   "test error from test_acc_at_best")
-    return Section("Sweep", f"{len(trials)} trials in {len(groups)} settings.", [table],
+    return Section("Sweep", f"{len(trials)} trials in {len(groups)} setting{'s' * (len(groups) != 1)}.", [table],
                    curve_figures(groups, out))
 
 
