@@ -40,6 +40,7 @@ from typing import NamedTuple
 from searchlab import checkpoint
 from searchlab.analysis.figures import differing_keys, figure_folder, flat, result_rows, show, spread
 from searchlab.errors import UserError
+from searchlab.train import total_epochs
 
 REPORT_DIR = "report"
 # A folder of the experiment holding one of these is a trial's (figures/, cka/, report/ are not).
@@ -139,7 +140,8 @@ def read_trials(experiment):
         if config is None:  # a trial of an older version, or one that has not started
             newest = checkpoint.newest(folder) if os.path.isdir(folder) else None
             config = checkpoint.read_record(newest)["config"] if newest else params
-        reports = record.get("reports", 0)
+        # Trials of older versions did not record it: a training trial's epochs.
+        reports = record.get("reports") or (total_epochs(config) if "optim" in config else 0)
         done = bool(reports) and len(results) >= reports
         status = states.get(name, {}).get("status") or ("TERMINATED" if done else "RUNNING" if results else "PENDING")
         trials.append(Trial(name, params, config, results, status, reports,
@@ -344,8 +346,16 @@ def read_csv_table(path):
             continue
         else:
             columns.append(name)
-            makers.append(lambda row, i=i: row[i])
+            makers.append(lambda row, i=i: number(row[i]))
     return columns, [[make(row) for make in makers] for row in body]
+
+
+def number(text):
+    """A CSV cell, a float shortened to 4 significant digits."""
+    try:
+        return text if float(text).is_integer() else f"{float(text):.4g}"
+    except ValueError:
+        return text
 
 
 def joined(mean, std, n):
