@@ -102,8 +102,9 @@ DEFAULTS = {
     },
     "cka": {                    # this trial's part in a CKA study (searchlab/analysis)
         "label": None,          # its name in the study, e.g. "none1", "cutout"; None: not in one
+        "augmentation": None,   # the row and curve it belongs to; runs sharing it are seeds; None: the label
         "group": None,          # trials compared with each other share a group (e.g. the model)
-        "references": ["none1", "none2"],  # labels of the group's two unaugmented runs
+        "references": ["none1", "none2"],  # labels of the group's unaugmented runs, two or more
         "images": 2048,         # validation images the comparisons use
         "batch_size": 256,
     },
@@ -154,6 +155,9 @@ def resolve(config):
     for phase in phases(cfg):
         augment.validate(phase.pipeline, phase.mix)
         regimes.check(phase.regime, cfg.get(phase.regime, {}), phase.pipeline, phase.mix)
+    references = cfg["cka"]["references"]
+    if not isinstance(references, (list, tuple)) or len(references) < 2 or len(set(references)) < len(references):
+        raise UserError(f"cka.references must be a list of two or more distinct labels, got {references!r}")
     ev = cfg["eval"]
     for key in ("every_epoch", "at_end"):
         if not isinstance(ev[key], (list, tuple)):

@@ -1,4 +1,5 @@
 """The CKA study's bookkeeping: which comparisons, when, in actors during a sweep, and on resume."""
+import csv
 import json
 import os
 import subprocess
@@ -31,8 +32,10 @@ def test_cka_actors_during_a_sweep_then_searchlab_cka(ray_session, tmp_path):
     assert names == ["none1__crop.npz", "none1__none2.npz", "none2__crop.npz"]
     for figure in ("cka_heatmaps.png", "cka_impact.png"):
         assert (folder / figure).stat().st_size > 10_000
-    table = (experiment / "cka" / "cka_table.csv").read_text().splitlines()
-    assert table[0] == "group,label,test_acc_at_best,cka_impact_mean" and len(table) == 4
+    with open(experiment / "cka" / "cka_table.csv", newline="") as f:
+        table = list(csv.DictReader(f))
+    # One row per augmentation, then the references' ("none": their labels differ, no cka.augmentation).
+    assert [(r["augmentation"], r["n"]) for r in table] == [("crop", "1"), ("none", "2")]
 
     # What the actor wrote is the CKA of the two best-validation models on the first validation images.
     groups = study.study_trials(experiment)["small_cnn"]
@@ -45,8 +48,12 @@ def test_cka_actors_during_a_sweep_then_searchlab_cka(ray_session, tmp_path):
     saved = np.load(folder / "none1__crop.npz")
     np.testing.assert_allclose(saved["cka"], expected, rtol=1e-10)
     assert list(saved["layers_a"]) == names_a and expected.shape == (3, 3)
-    none1_row = next(line for line in table if line.startswith("small_cnn,none1,"))
-    assert float(none1_row.split(",")[2]) == round(best["test_acc"], 4)
+    crop, none = table
+    assert float(crop["test_acc_at_best_mean"]) == study.best_model(groups["crop"])[2]["test_acc"]
+    assert crop["test_acc_at_best_std"] == crop["cka_impact_std"] == ""
+    best2 = study.best_model(groups["none2"])[2]
+    assert float(none["test_acc_at_best_mean"]) == np.mean([best["test_acc"], best2["test_acc"]])
+    assert none["cka_impact_mean"] == ""
 
     # Re-running on the finished experiment computes only what is missing.
     kept = folder / "none1__none2.npz"

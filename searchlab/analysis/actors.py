@@ -1,7 +1,7 @@
 """CKA comparisons in Ray actors while the sweep runs: a Tune callback hands them out.
 
 As each trial completes, the callback looks at the experiment on storage for comparisons that have
-become possible (both references of a group finished) and are not yet on disk, and submits them to
+become possible (all references of a group finished) and are not yet on disk, and submits them to
 a small pool of actors with their own resource requests, so CKA work shares the cluster with
 training. At the end of the sweep it waits for them and writes the report. Because the comparisons
 to do are read off the disk each time, a resumed sweep neither repeats finished ones nor forgets
