@@ -191,7 +191,8 @@ def test_published_needs_the_whole_setting():
 
 # ---- the studies: their own fake experiments, with the sweep's record and per-report seconds added ----
 
-from test_deepaa_figures import experiment as deepaa_experiment  # noqa: E402,F401 (fixtures)
+from test_cka_seeds import experiment as cka_experiment  # noqa: E402,F401 (fixtures)
+from test_deepaa_figures import experiment as deepaa_experiment  # noqa: E402,F401
 from test_figures import experiment as splitbn_experiment  # noqa: E402,F401
 from test_refine_figures import experiment as refine_experiment  # noqa: E402,F401
 
@@ -200,7 +201,7 @@ def add_seconds(exp, rng):
     """Give every trial folder per-report seconds in its result.json (made, or its rows extended),
     and the experiment the sweep's record; {trial folder: its seconds}."""
     seconds = {}
-    for folder in sorted(p for p in exp.iterdir() if p.is_dir() and p.name not in ("figures", "deepaa", "report")):
+    for folder in sorted(p for p in exp.iterdir() if p.is_dir() and p.name not in ("figures", "deepaa", "cka", "report")):
         path = folder / "result.json"
         if path.exists():
             rows = [json.loads(line) for line in path.read_text().splitlines()]
@@ -214,15 +215,19 @@ def add_seconds(exp, rng):
 
 
 def label_of(exp, name):
+    """The study label of a trial: its row in the study's table."""
     rows = (exp / name / "result.json").read_text().splitlines()
     newest = checkpoint.newest(str(exp / name))
-    return (checkpoint.read_record(newest)["config"] if newest else json.loads(rows[-1])["config"]).get("label")
+    config = checkpoint.read_record(newest)["config"] if newest else json.loads(rows[-1])["config"]
+    cka = config.get("cka", {})
+    return cka.get("augmentation") or cka.get("label") or config.get("label")
 
 
 @pytest.mark.parametrize("study, fixture, title, tables", [
     ("splitbn", "splitbn_experiment", "Split BatchNorm", ["table.csv"]),
     ("refine", "refine_experiment", "Refinement", ["table.csv"]),
     ("deepaa", "deepaa_experiment", "Deep AutoAugment", ["deepaa_table.csv", "deepaa_cost.csv"]),
+    ("cka", "cka_experiment", "CKA", ["cka_table.csv"]),
 ])
 def test_each_study_gets_its_tables_figures_and_cost(study, fixture, title, tables, request, tmp_path):
     exp = Path(request.getfixturevalue(fixture)[0])
@@ -233,12 +238,12 @@ def test_each_study_gets_its_tables_figures_and_cost(study, fixture, title, tabl
     assert section.title.startswith(title)
     assert [t.title for t in section.tables] == tables
     assert section.figures and all(Path(p).is_file() and p.endswith(".png") for p in section.figures)
-    # Each fixture has one unfinished trial (refinement: by its epochs; deepaa: its searcher's own count).
+    # Each fixture has one unfinished trial (deepaa's counts by its searcher's own count).
     if study != "deepaa":
         assert built["progress"]["finished"] == len(seconds) - 1
     table = section.tables[0]
     assert "cost" in table.columns and len(table.rows) >= 2
-    label = table.columns.index("label")
+    label = table.columns.index("augmentation" if study == "cka" else "label")
     for row in table.rows:  # a label's cost: all its trials' seconds (finished or not), on 1 CPU each
         expected = sum(sum(s) for name, s in seconds.items() if label_of(exp, name) == row[label]) / 3600
         assert hours(row[-1], "CPU") == pytest.approx(expected, rel=5e-3)

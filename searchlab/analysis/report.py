@@ -339,7 +339,8 @@ def read_csv_table(path):
         base = name[:-5] if name.endswith("_mean") else None
         if base is not None and f"{base}_std" in header:
             j = header.index(f"{base}_std")
-            k = header.index(f"{base}_n") if f"{base}_n" in header else None
+            # Its own count, else the row's (a table whose metrics all count the same trials).
+            k = next((header.index(c) for c in (f"{base}_n", "n") if c in header), None)
             columns.append(base)
             makers.append(lambda row, i=i, j=j, k=k: joined(row[i], row[j], row[k] if k is not None else ""))
         elif name.endswith(("_std", "_n")) and name.rsplit("_", 1)[0] + "_mean" in header:
