@@ -213,7 +213,7 @@ def short(value):
     """A config value as a table cell: op lists by their names."""
     if isinstance(value, list) and all(isinstance(v, dict) and "op" in v for v in value):
         return "+".join(v["op"] for v in value) or "none"
-    return show(value)
+    return "-" if value is None else show(value)
 
 
 def cell(numbers, scale=1.0):
@@ -418,9 +418,10 @@ def _cka(experiment, trials):
     folder = os.path.join(experiment, study.CKA_DIR)
     written = glob.glob(os.path.join(folder, "*", "*.png"))
     pending = len(study.pending(experiment))
-    return ("CKA: which layers augmentations change (Kornblith et al. method)",
+    return ("CKA: which layers do augmentations change?",
             f"{pending} comparison(s) not computed yet." if pending else "Every comparison computed.", written,
-            [(os.path.join(folder, "cka_table.csv"), "see the CKA study in the README")],
+            [(os.path.join(folder, "cka_table.csv"), "mean ± sample std over the augmentation's runs (n); a run's "
+              "impact is averaged over the reference pairs")],
             lambda t: (str(t.config.get("cka", {}).get("group")),
                        t.config.get("cka", {}).get("augmentation") or t.config.get("cka", {}).get("label")))
 
