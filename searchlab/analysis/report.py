@@ -216,9 +216,9 @@ def short(value):
     return "-" if value is None else show(value)
 
 
-def cell(numbers, scale=1.0):
+def cell(numbers):
     """"mean ± std (n=k)" over ``numbers``; "-" when there are none."""
-    mean, std, n = spread([scale * v for v in numbers])
+    mean, std, n = spread(numbers)
     if not n:
         return "-"
     return f"{mean:.4g} (n=1)" if n == 1 else f"{mean:.4g} ± {std:.3g} (n={n})"
@@ -298,7 +298,7 @@ def curve_figures(groups, out):
                 ax.fill_between(x, mean - std, mean + std, color=colour[label], alpha=0.2)
         ax.set_xlabel("epoch (report)")
         ax.set_title(title)
-        if ax.lines:
+        if 0 < len(ax.lines) <= 12:  # a legend of more would cover the curves; the table names them
             ax.legend(fontsize=7)
     fig.tight_layout()
     save(fig, "curves.png")
