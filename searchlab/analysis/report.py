@@ -422,8 +422,17 @@ def _cka(experiment, trials):
             f"{pending} comparison(s) not computed yet." if pending else "Every comparison computed.", written,
             [(os.path.join(folder, "cka_table.csv"), "mean ± sample std over the augmentation's runs (n); a run's "
               "impact is averaged over the reference pairs")],
-            lambda t: (str(t.config.get("cka", {}).get("group")),
-                       t.config.get("cka", {}).get("augmentation") or t.config.get("cka", {}).get("label")))
+            _cka_row)
+
+
+def _cka_row(trial):
+    """(group, row) of a CKA study run in the study's table: the references share the row "none"."""
+    from searchlab.analysis import study
+
+    cka = trial.config.get("cka") or {}
+    if cka.get("label") is None:  # not (yet) a run of the study
+        return None, None
+    return str(cka["group"]), "none" if cka["label"] in cka.get("references", ()) else study.augmentation_of(trial.config)
 
 
 def _is_split(config):
