@@ -550,7 +550,8 @@ document.querySelectorAll("table.sortable th").forEach((th, column) => th.addEve
 STYLE = """
 body { font-family: sans-serif; max-width: 1200px; margin: 2em auto; color: #222; }
 table { border-collapse: collapse; margin: 0.5em 0 1.5em; font-size: 0.9em; }
-th, td { border: 1px solid #ccc; padding: 0.3em 0.6em; text-align: left; }
+th, td { border: 1px solid #ccc; padding: 0.3em 0.6em; text-align: left; white-space: nowrap; }
+.wide { overflow-x: auto; }  /* a table wider than the page scrolls by itself */
 th { background: #f0f0f0; cursor: pointer; user-select: none; }
 th::after { content: " \\2195"; color: #999; }
 img { max-width: 100%; border: 1px solid #eee; margin: 0.5em 0; }
@@ -567,9 +568,9 @@ def write_html(report, out):
         parts.append(f"<h2>{e(section.title)}</h2>" + (f"<p>{e(section.text)}</p>" if section.text else ""))
         for table in section.tables:
             parts.append(f"<h3>{e(table.title)}</h3>" + (f"<p class='note'>{e(table.note)}</p>" if table.note else ""))
-            parts.append("<table class='sortable'><thead><tr>" + "".join(f"<th>{e(str(c))}</th>" for c in table.columns)
+            parts.append("<div class='wide'><table class='sortable'><thead><tr>" + "".join(f"<th>{e(str(c))}</th>" for c in table.columns)
                          + "</tr></thead><tbody>" + "".join("<tr>" + "".join(f"<td>{e(str(c))}</td>" for c in row)
-                                                            + "</tr>" for row in table.rows) + "</tbody></table>")
+                                                            + "</tr>" for row in table.rows) + "</tbody></table></div>")
         for path in section.figures:
             with open(path, "rb") as f:
                 data = base64.b64encode(f.read()).decode()
