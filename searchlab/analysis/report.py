@@ -380,10 +380,13 @@ def _figures_label(experiment, trials):
 def _splitbn(experiment, trials):
     from searchlab.analysis.figures import FIGURES_DIR, splitbn_figures
 
-    written = splitbn_figures(experiment)
+    splitbn_figures(experiment)
     folder = os.path.join(experiment, FIGURES_DIR)
-    return ("Split BatchNorm (Merchant et al.)", "Percent, at the best-validation epoch.", written,
-            [(os.path.join(folder, "table.csv"), "mean ± sample std over the label's seeds (ddof 1), n")],
+    # With the Pareto front the sweep drew at its end (its objectives are the search space's).
+    return ("Split BatchNorm (Merchant et al.)", "Percent, at the best-validation epoch.",
+            glob.glob(os.path.join(folder, "*.png")),
+            [(os.path.join(folder, "table.csv"), "mean ± sample std over the label's seeds (ddof 1), n"),
+             (os.path.join(folder, "pareto.csv"), "the trials on the Pareto front of the search's two objectives")],
             _figures_label(experiment, trials))
 
 
