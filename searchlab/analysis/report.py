@@ -121,7 +121,7 @@ class Section(NamedTuple):
 # ---- reading the experiment -------------------------------------------------------------------
 
 def read_trials(experiment):
-    """The experiment's trials (those Tune knows and those with a folder), and Tune's state."""
+    """The experiment's trials: those Tune knows and those with a folder."""
     states = tune_state(experiment)
     trials = []
     names = sorted({*states, *(os.path.basename(os.path.dirname(p)) for pattern in TRIAL_FILES
@@ -228,12 +228,18 @@ def finals(trials, metric):
     return [float(t.last[metric]) for t in trials if t.finished and isinstance(t.last.get(metric), (int, float))]
 
 
+def device_hours(trials):
+    """{device: (hours, trials)} of the trials, devices in name order."""
+    found = {}
+    for t in sorted(trials, key=lambda t: t.device):
+        hours, count = found.get(t.device, (0.0, 0))
+        found[t.device] = (hours + t.hours, count + 1)
+    return found
+
+
 def cost_cell(trials):
     """"1.23 CPU-h (4 trials)" of the trials; GPU-hours when any asked for a GPU."""
-    by_device = {}
-    for t in trials:
-        by_device[t.device] = by_device.get(t.device, 0.0) + t.hours
-    return ", ".join(f"{hours:.3g} {device}-h" for device, hours in sorted(by_device.items())) + \
+    return ", ".join(f"{hours:.3g} {device}-h" for device, (hours, _) in device_hours(trials).items()) + \
         f" ({len(trials)} trial{'s' * (len(trials) != 1)})"
 
 
@@ -470,8 +476,7 @@ def build(experiment, out):
     study = study_of(trials)
     sections = [study_section(study, experiment, trials, out) if study else generic_section(experiment, trials, out)]
     total = Table("Total", ["device", "device-hours", "trials"],
-                  [[device, f"{sum(t.hours for t in trials if t.device == device):.4g}",
-                    sum(t.device == device for t in trials)] for device in sorted({t.device for t in trials})],
+                  [[device, f"{hours:.4g}", count] for device, (hours, count) in device_hours(trials).items()],
                   "each report's time_this_iter_s x the trial's CPU or GPU request")
     sections.append(Section("Cost", "", [total], []))
     return {"title": f"{record.get('name', os.path.basename(experiment))}: {record.get('space')}",
