@@ -177,8 +177,6 @@ def run_pending(experiment_dir, device="cpu"):
     return len(todo)
 
 
-
-
 # ---- report ---------------------------------------------------------------------------------
 
 def report(experiment_dir):
