@@ -42,7 +42,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
-from scipy.ndimage import gaussian_filter
 
 from searchlab.data import data_root, require
 from searchlab.errors import UserError
@@ -470,6 +469,10 @@ def frost_texture(index):
         x1, y1 = x0 + length * np.cos(angle), y0 + length * np.sin(angle)
         draw.line([(x0, y0), (x1, y1)], fill=float(rng.uniform(0.3, 1.0)), width=2)
     needles = np.asarray(canvas.resize((w, h), Image.BOX), dtype=np.float64)
+    # Imported here, not at the top: every trial worker imports this module, and scipy would add
+    # 0.2 s to each worker's start for a texture made once per process.
+    from scipy.ndimage import gaussian_filter
+
     haze = gaussian_filter(rng.normal(size=(h, w)), 2.0, mode="wrap")
     texture = needles / needles.std() + 0.7 * haze / haze.std()
     texture = (texture - texture.mean()) / texture.std()

@@ -66,10 +66,11 @@ def test_analysis_reads_checkpoints_through_the_checkpoint_module():
             assert "state.pt" not in source and "trial.json\"" not in source and "torch.load" not in source
 
 
-def test_a_trial_worker_does_not_import_torchvision():
+def test_a_trial_worker_does_not_import_torchvision_or_scipy():
     # torchvision takes seconds to import (3.5 s here, as long as torch itself), which every trial
     # worker pays at start: the modules a trial imports, and the augmentation preview it writes, load
-    # it only where a torchvision model or reference policy is used.
+    # it only where a torchvision model or reference policy is used. scipy (0.2 s) likewise, only
+    # where a corruption needs it.
     import subprocess
     import sys
 
@@ -77,6 +78,6 @@ def test_a_trial_worker_does_not_import_torchvision():
             "from searchlab.augment import STANDARD, Pipeline, preview_grid\n"
             "preview_grid(Pipeline(STANDARD, None, 10), torch.zeros(2, 3, 8, 8, dtype=torch.uint8),"
             " torch.zeros(2, dtype=torch.long), torch.Generator())\n"
-            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'torchvision'))")
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torchvision', 'scipy')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
