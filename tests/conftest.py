@@ -29,7 +29,14 @@ def ray_session():
 
 
 @pytest.fixture
-def kill_worker_at():
+def prompt_results(monkeypatch):
+    """A trial's result.json reaches the experiment folder with Tune's snapshots, every 10 s or more:
+    for a test that watches it during a sweep run in this process, snapshot at every step."""
+    monkeypatch.setenv("TUNE_GLOBAL_CHECKPOINT_S", "0")
+
+
+@pytest.fixture
+def kill_worker_at(prompt_results):
     """``kill_worker_at(experiment, epoch)`` starts a watcher that SIGKILLs, once, the worker of the
     first trial of ``experiment`` whose result.json reaches ``epoch`` (by the pid Tune records in
     each result); it returns a list that then holds (trial folder name, epoch, pid)."""

@@ -62,12 +62,20 @@ def expected_epochs(trial_dir):
     return total_epochs(json.loads((trial_dir / "searchlab_trial.json").read_text())["config"])
 
 
+def checkpointed(experiment):
+    """{trial folder: the newest epoch it checkpointed}. A trial's worker writes checkpoint_<epoch - 1>
+    on storage as it reports, while result.json reaches the experiment folder with Tune's snapshots
+    only (every 10 s or more): the checkpoints are the clock of the stretches."""
+    return {trial.name: 1 + max((int(c.name.split("_")[1]) for c in trial.glob("checkpoint_*")), default=-1)
+            for trial in Path(experiment).glob("train_*")}
+
+
 def all_reported(experiment):
-    done = results(experiment)
+    done = checkpointed(experiment)
     if len(done) < TRIALS:
         return False
     try:
-        return all(done[name] and done[name][-1] == expected_epochs(Path(experiment) / name) for name in done)
+        return all(done[name] == expected_epochs(Path(experiment) / name) for name in done)
     except (OSError, ValueError, KeyError):
         return False
 
@@ -99,7 +107,7 @@ def kill_round(number, stretch, rng, storage, env):
                               stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         started = {"start-up": lambda: (experiment / "searchlab_sweep.json").is_file(),
-                   "end": lambda: all_reported(experiment), "training": lambda: any(results(experiment).values())}
+                   "end": lambda: all_reported(experiment), "training": lambda: any(checkpointed(experiment).values())}
         clock = None
         while driver.poll() is None:
             if clock is None and started[stretch]():
@@ -111,12 +119,12 @@ def kill_round(number, stretch, rng, storage, env):
             time.sleep(0.05)
         finished = driver.poll() is not None
         snapshot = bool(list(experiment.glob("experiment_state-*.json")))
-        before = results(experiment)
+        before = checkpointed(experiment)
     finally:
         stop(driver)
     at = f"{time.time() - began:5.1f} s after launch" if not finished else "never: the sweep ended first"
     moment = (f"round {number:3d}: {stretch:8s} +{delay:4.2f} s, killed {at}; "
-              f"snapshot {'yes' if snapshot else 'no '}, epochs {sorted(map(len, before.values()))}")
+              f"snapshot {'yes' if snapshot else 'no '}, epochs {sorted(before.values())}")
 
     resumes, code, errors, failures = 0, None, "", []
     while code != 0 and resumes < 3:

@@ -108,7 +108,7 @@ def test_a_corrupted_newest_checkpoint_warns_naming_it_and_the_previous_one_is_u
 
 
 def test_a_trial_retried_after_its_newest_checkpoint_was_corrupted_resumes_from_the_one_before(
-        ray_session, tmp_path):
+        ray_session, tmp_path, prompt_results):
     """The worker dies after epoch k and the checkpoint of epoch k is cut short: the retried trial
     (Tune hands it that checkpoint) starts from epoch k-1's, and trains epoch k again."""
     import signal
@@ -205,7 +205,8 @@ def fill(folder):
 
 
 @pytest.mark.parametrize("fault", ["read-only", "full"])
-def test_storage_failing_mid_sweep_stops_it_clearly_and_a_resume_finishes_it(ray_session, small_storage, fault):
+def test_storage_failing_mid_sweep_stops_it_clearly_and_a_resume_finishes_it(ray_session, small_storage, fault,
+                                                                             prompt_results):
     """Once the trial has reported epoch 2 the storage turns read-only or full. The sweep stops with
     an OSError the command line reports in one line; the checkpoints and state files written before
     are unchanged and a resume on the storage, writable again, trains the remaining epochs once."""

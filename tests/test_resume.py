@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -104,3 +105,51 @@ def _kill(pid):
         os.kill(pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
+
+
+def test_resume_forgets_checkpoints_that_tune_deleted_after_its_last_snapshot(tmp_path):
+    """Tune snapshots on its own clock, not at every checkpoint (sweep._snapshot_on_tunes_clock), so
+    the snapshot a resume starts from can name checkpoints that CheckpointConfig(num_to_keep=2)
+    deleted since; Tune's own restore refuses those. What is left on storage must be what remains."""
+    from ray import tune
+    from ray.train._internal.checkpoint_manager import _CheckpointManager
+    from ray.train._internal.session import _TrainingResult
+    from ray.tune.trainable.metadata import _TrainingRunMetadata
+
+    from searchlab.sweep import forget_deleted_checkpoints
+
+    def snapshot_naming(names):
+        """A trial as Tune's snapshot restores it: its checkpoint manager after registering ``names``."""
+        metadata = _TrainingRunMetadata()
+        metadata.checkpoint_manager = _CheckpointManager(tune.CheckpointConfig(num_to_keep=2))
+        for name in names:
+            (tmp_path / name).mkdir(exist_ok=True)
+            metadata.checkpoint_manager.register_checkpoint(
+                _TrainingResult(checkpoint=tune.Checkpoint.from_directory(str(tmp_path / name)), metrics={}))
+        return SimpleNamespace(run_metadata=metadata)
+
+    def named(trial):
+        manager = trial.run_metadata.checkpoint_manager
+        latest = manager.latest_checkpoint_result
+        return ([Path(r.checkpoint.path).name for r in manager.best_checkpoint_results],
+                latest and Path(latest.checkpoint.path).name)
+
+    trial = snapshot_naming(["checkpoint_000000", "checkpoint_000001", "checkpoint_000002"])
+    assert named(trial) == (["checkpoint_000001", "checkpoint_000002"], "checkpoint_000002")
+    stale_json = trial.run_metadata.get_json_state()
+
+    # Untouched while everything it names exists.
+    forget_deleted_checkpoints(trial)
+    assert named(trial) == (["checkpoint_000001", "checkpoint_000002"], "checkpoint_000002")
+
+    # The trial went on after the snapshot: checkpoint 3 arrived and Tune deleted 1.
+    (tmp_path / "checkpoint_000001").rmdir()
+    (tmp_path / "checkpoint_000003").mkdir()
+    forget_deleted_checkpoints(trial)
+    assert named(trial) == (["checkpoint_000002"], "checkpoint_000002")
+    assert trial.run_metadata.get_json_state() != stale_json  # the next snapshot says so too
+
+    # Then checkpoint 4 arrived and 2 went: the snapshot names nothing that is left.
+    (tmp_path / "checkpoint_000002").rmdir()
+    forget_deleted_checkpoints(trial)
+    assert named(trial) == ([], None)

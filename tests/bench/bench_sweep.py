@@ -158,23 +158,15 @@ def trial_seconds(experiment):
     return times
 
 
-def timeline(experiment, began, ended, slots):
-    """Where a run's wall time went beyond its trials: seconds from the run's start to the first trial's
-    start, the idle seconds between a slot's trials (summed over trials), and from the last trial's
-    end to the run's end. A trial starts when it recorded its placement (searchlab_trial.json, after
-    its set-up) and ends its time_total_s later (file times are no use: Tune copies the files)."""
-    spans = []
-    for path in glob.glob(os.path.join(experiment, "*", "searchlab_trial.json")):
-        lines = Path(os.path.dirname(path), "result.json").read_text().splitlines()
-        if lines:
-            started = json.loads(Path(path).read_text())["placement"]["started"]
-            spans.append((started, started + json.loads(lines[-1])["time_total_s"]))
-    if not spans:
-        return {}
-    starts, ends = sorted(s for s, _ in spans), sorted(e for _, e in spans)
-    # With k slots, the i-th trial to start follows the (i - k)-th to end: its wait is the gap.
-    gaps = [max(0.0, starts[i] - ends[i - slots]) for i in range(slots, len(starts))]
-    return {"first_start": starts[0] - began, "gaps": sum(gaps), "tail": ended - ends[-1]}
+def first_start(experiment, began, trials):
+    """Seconds from the run's start to the first trial's training: the worker's start, its imports,
+    the trial's set-up (searchlab_trial.json's placement.started is written just before the first
+    epoch). None unless every trial left its record: a plain Tuner with actor reuse does not sync a
+    reused actor's trial files (searchlab's sweep syncs artifacts)."""
+    records = glob.glob(os.path.join(experiment, "*", "searchlab_trial.json"))
+    if len(records) < trials:
+        return None
+    return min(json.loads(Path(p).read_text())["placement"]["started"] for p in records) - began
 
 
 def run_child(job):
@@ -222,7 +214,7 @@ def run_child(job):
         experiment = os.path.join(storage, name)
         states = glob.glob(os.path.join(experiment, "experiment_state-*.json"))
         out[run] = {"wall": wall, "driver_cpu": cpu, "trials": trial_seconds(experiment), **timers.take(),
-                    "timeline": timeline(experiment, clock, clock + wall, job["slots"] // job["space_args"]["cpus"]),
+                    "first_start": first_start(experiment, clock, job["space_args"]["trials"]),
                     "state_bytes": max((os.path.getsize(s) for s in states), default=0)}
         if profile:
             out[run]["profile"] = text.getvalue()
@@ -257,9 +249,8 @@ def load_line():
 def driver_line(o):
     """Where the driver's time went: its CPU time, and the wrapped Tune and searchlab functions."""
     parts = [f"{name} {o['seconds'][name]:.2f} s / {o['calls'][name]}" for name in o["seconds"]]
-    t = o.get("timeline") or {}
-    when = (f"first trial starts at {t['first_start']:.1f} s, slots idle between trials {t['gaps']:.1f} s, "
-            f"after the last trial {t['tail']:.1f} s; ") if t else ""
+    first = o.get("first_start")
+    when = f"first trial's training starts at {first:.1f} s; " if first is not None else ""
     return when + f"driver CPU {o['driver_cpu']:.1f} s; " + ", ".join(parts) + \
         f"; experiment_state {o['state_bytes'] / 1e3:.0f} kB"
 
