@@ -430,7 +430,7 @@ def max_epochs(spec):
 
 
 def _callbacks(spec, experiment):
-    callbacks = [StateBackup(experiment), ForgetDeletedCheckpoints()]
+    callbacks = [StateBackup(experiment)]
     if spec["cka"]:
         from searchlab.analysis.actors import CKACallback
 
@@ -449,8 +449,9 @@ STATE_BACKUP = ".searchlab_state"
 
 
 class StateBackup(tune.Callback):
-    """Keeps the last readable copy of each of Tune's state files in EXPERIMENT/.searchlab_state/,
-    for ``repair_state`` to put back before a resume."""
+    """Keeps Tune's experiment state restorable: the last readable copy of each of its files in
+    EXPERIMENT/.searchlab_state/, for ``repair_state`` to put back before a resume; and, as a start
+    or a resume begins, no checkpoint named in it that is gone (``forget_deleted_checkpoints``)."""
 
     # Tune steps its loop many times a second (1385 steps for 8 trials of 10 epochs), and globbing
     # the experiment folder each step took as much of the driver's CPU as Tune's own snapshots: look
@@ -462,6 +463,15 @@ class StateBackup(tune.Callback):
         self.experiment = str(experiment)
         self._copied = {}  # file name -> (mtime, size) of the version copied
         self._looked = float("-inf")  # time.monotonic() of the last look
+
+    def setup(self, **info):  # each start and resume (the instance comes back from tuner.pkl)
+        self._checked_checkpoints = False
+
+    def on_step_begin(self, iteration, trials, **info):
+        if not self._checked_checkpoints:  # the first step, before Tune starts any trial
+            for trial in trials:
+                forget_deleted_checkpoints(trial)
+            self._checked_checkpoints = True
 
     def on_step_end(self, iteration, trials, **info):
         if time.monotonic() - self._looked >= self.PERIOD_S:
@@ -528,7 +538,7 @@ def _snapshot_on_tunes_clock():
     writing every trial's state: their cost grew with the square of the trials (bench_sweep.py,
     256 two-epoch trials: 217 snapshots of 6.4 MB, the driver's CPU 0.099 s a trial against 0.028 s
     for a plain Tuner). Tune has no setting for it, so this turns the forced ones off; a resume
-    then meets snapshots that name deleted checkpoints, which ForgetDeletedCheckpoints handles."""
+    then meets snapshots that name deleted checkpoints: see forget_deleted_checkpoints."""
     from ray.tune.execution import experiment_state
 
     experiment_state._ExperimentCheckpointManager.on_trial_checkpoint = _count_nothing
@@ -538,24 +548,12 @@ def _count_nothing(self, trial):
     pass
 
 
-class ForgetDeletedCheckpoints(tune.Callback):
-    """On a resume, before any trial starts: drop the checkpoints Tune's snapshot names but has
-    deleted since (it keeps the newest 2 of a trial's). Tune would fail to restore the trial from
-    one ("Could not recover from checkpoint as it does not exist on storage anymore"); without
-    them it restores from the newest that is left, or starts the trial with none, and either way
-    ``trainable.latest_state`` continues from the newest checkpoint on storage."""
-
-    def __init__(self):
-        self._done = False
-
-    def on_step_begin(self, iteration, trials, **info):
-        if not self._done:
-            for trial in trials:
-                forget_deleted_checkpoints(trial)
-            self._done = True
-
-
 def forget_deleted_checkpoints(trial):
+    """Drop the checkpoints that the restored snapshot names for ``trial`` but that Tune has deleted
+    since (it keeps the newest 2 of a trial's). Tune would fail to restore the trial from one
+    ("Could not recover from checkpoint as it does not exist on storage anymore"); without them it
+    restores from the newest that is left, or starts the trial with none, and either way
+    ``trainable.latest_state`` continues from the newest checkpoint on storage."""
     from ray.train._internal.storage import _exists_at_fs_path
 
     manager = trial.run_metadata.checkpoint_manager

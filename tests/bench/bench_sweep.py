@@ -41,19 +41,35 @@ Target
     sweep/ideal <= 1.15 and sweep/tune <= 1.00 (plain Tune measured 1.54x ideal without actor reuse,
     1.18-1.26x with it).
 
-Measured (2 cores shared with other work: load average 15-30, so wall-time ratios are NOT
-conclusive; the driver's CPU time and the counts below are the figures that held)
-    8 trials x 10 epochs, one round each: sweep/ideal 3.07 and 2.18, tune/ideal 2.03 and 2.14,
-    tune_noreuse/ideal 3.33, sweep/tune 1.94 and 1.00. The driver's CPU for that sweep was 8.6 s
-    against 3.7 s for the plain Tuner: StateBackup globbing the experiment at each of 1385 loop
-    steps (5.1 s), dry runs of the regime check for every grid point (2.8 s; 0.11 s each, twice per
-    trial, before any trial starts) and 37 snapshots against 17 (3.7 s against 0.9 s: with
-    CheckpointConfig(num_to_keep=2) Tune forces a snapshot whenever a trial has saved 2 checkpoints
-    since the last). After checking each regime setting once and backing up at most once a second,
-    short trials cost the driver 0.235 s CPU a trial (plain Tuner 0.222 s; before 0.873 s) at 8
-    trials and 0.147 s (0.120 s) at 32. What still grows with the trial count is the forced
-    snapshots: about one per trial of two or more epochs, each writing every trial's state
-    (experiment_state ~25 kB a trial), so their total cost grows with the square of the trials.
+Measured (2 cores, nothing else running: load average 2, which is the two trial slots)
+    Main part, 8 trials, medians over rounds (per-round spread in parentheses):
+
+        epochs a trial   ideal   sweep/ideal        tune/ideal         tune_noreuse/ideal  sweep/tune
+        10 (2 rounds)    7.5 s   1.59 (1.58-1.60)   1.58 (1.56-1.60)   2.20 (earlier run)  0.97
+        40 (3 rounds)    21 s    1.24 (1.23-1.25)   1.26 (1.24-1.28)   1.62 (1.61-1.68)    1.01 (0.92-1.13)
+        120 (2 rounds)   60 s    1.14 (1.14-1.15)   1.14 (1.14-1.15)   -                   1.05 (1.04-1.07)
+
+    searchlab's sweep costs what a plain Tuner with actor reuse costs at every length. What both
+    pay above the ideal is Tune's, and it falls with the trial's length:
+    - the first trial of each slot starts 5.5-6 s after fit() (its training, after the trial's own
+      set-up, which the ideal counts): Tune's set-up and the actor's creation (~1 s), then the new
+      worker's imports (ray.tune ~1 s, torch ~1.8 s). A runtime_env worker_process_setup_hook does
+      not run ahead of time (Ray runs it when the worker is given its first task, and prestarted
+      workers are not given one), and an actor never takes over a worker that ran a warm-up task.
+    - each report waits for the driver: Tune's function trainables report synchronously, so the
+      driver's handling of a result (loggers, callbacks) is wall time a trial spends outside its
+      own time: about 10 ms a report here (wall minus ideal grows by ~4.5 s from 10 to 120 epochs,
+      440 more reports a slot), against epochs of 60 ms.
+    So 1.15 is reached with 120-epoch trials (digits epochs of 60 ms); with real epochs of seconds
+    to minutes both costs vanish, and with 1-6 s trials no Tune-based sweep reaches it.
+
+    Overhead part, driver's CPU per trial at 8 / 32 / 128 / 256 two-epoch trials:
+    sweep 0.045 / 0.031 / 0.032 / 0.036 s, plain Tuner 0.036 / 0.028 / 0.027 / 0.036 s (wall for 256:
+    25.7 s against 26.1 s). Before sweep._snapshot_on_tunes_clock it was 0.049 / 0.042 / 0.075 /
+    0.099 s against 0.039 / 0.036 / 0.030 / 0.028 s (wall 36.6 s against 22.0 s): with
+    CheckpointConfig(num_to_keep=2) Tune wrote a forced snapshot of every trial's state after every
+    two checkpoints of any trial, 206 snapshots of 6.4 MB for 256 trials, a cost growing with the
+    square of the trial count. Now the sweep writes 4, as the plain Tuner does.
 
     OpenMP wait policy (--omp default,passive --cpus-per-trial 2 --trials 4 --runs sweep, load
     13-25), two interleaved rounds: trial time 917 s and 365 s with libgomp's default spinning
