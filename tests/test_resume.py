@@ -153,3 +153,55 @@ def test_resume_forgets_checkpoints_that_tune_deleted_after_its_last_snapshot(tm
     (tmp_path / "checkpoint_000002").rmdir()
     forget_deleted_checkpoints(trial)
     assert named(trial) == ([], None)
+
+
+def snapshot_names_a_deleted_checkpoint(experiment):
+    """Whether Tune's experiment state on storage names, for some trial, a newest checkpoint that is gone."""
+    from ray.tune.trainable.metadata import _TrainingRunMetadata
+
+    for state in Path(experiment).glob("experiment_state-*.json"):
+        try:
+            trials = json.loads(state.read_text())["trial_data"]
+        except (OSError, ValueError):  # being written
+            continue
+        for _, metadata in trials:
+            latest = _TrainingRunMetadata.from_json_state(metadata).checkpoint_manager.latest_checkpoint_result
+            if latest is not None and not os.path.exists(latest.checkpoint.path):
+                return True
+    return False
+
+
+def test_a_driver_killed_while_its_snapshot_names_deleted_checkpoints_resumes(cifar_data, tmp_path):
+    """The sweep is killed at a moment when Tune's last snapshot names checkpoints that Tune has
+    rotated out since (it snapshots every 2 s here, checkpoints come every epoch); the resume must
+    continue every trial from storage and log every epoch once. Without forget_deleted_checkpoints
+    Tune refuses to restore such a trial ("does not exist on storage anymore") and the resume fails."""
+    experiment, epochs = tmp_path / "sweep", 12
+    env = {**os.environ, "SEARCHLAB_DATA": cifar_data, "TUNE_GLOBAL_CHECKPOINT_S": "2"}
+    driver = subprocess.Popen(
+        searchlab("sweep", TINY, "--arg", f"epochs={epochs}", "--arg", "model=small_cnn",
+                  "--arg", "train_size=2048", "--name", "sweep", "--storage", str(tmp_path)),
+        env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        start_new_session=True)
+    try:
+        deadline = time.time() + 300
+        while not snapshot_names_a_deleted_checkpoint(experiment):
+            assert driver.poll() is None, "the sweep ended first: " + driver.stderr.read().decode()[-2000:]
+            assert time.time() < deadline, "no snapshot named a deleted checkpoint"
+            time.sleep(0.1)
+        left_behind = descendants(driver.pid)
+        driver.send_signal(signal.SIGKILL)
+        driver.wait(timeout=120)
+    finally:
+        for pid in [driver.pid, *descendants(driver.pid)]:
+            _kill(pid)
+    for pid in left_behind:
+        _kill(pid)
+
+    resumed = subprocess.run(searchlab("resume", str(experiment)), env=env, stdin=subprocess.DEVNULL,
+                             capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    after = epochs_done(experiment)
+    assert len(after) == 2 and all(e == list(range(1, epochs + 1)) for e in after.values()), after
+    status = subprocess.run(searchlab("status", str(experiment)), capture_output=True, text=True)
+    assert status.returncode == 0 and status.stdout.count("TERMINATED") == 2
