@@ -5,7 +5,6 @@ import json
 import os
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +13,7 @@ import torch
 from searchlab import deepaa, deepaa_trials, sweep
 from searchlab.augment import policies
 from searchlab.data import load_dataset
-from test_resume import _kill, descendants, searchlab
+from test_resume import interrupt, searchlab
 
 TINY = Path(__file__).parent / "spaces" / "deepaa_tiny.py"
 
@@ -82,30 +81,17 @@ def test_smoke_search_end_to_end(ray_session, cifar_data, tmp_path):
 
 def test_driver_killed_mid_layer_resumes_at_that_layer_and_step(cifar_data, tmp_path):
     experiment, steps, every = tmp_path / "deepaa", 12, 2
-    env = {**os.environ, "SEARCHLAB_DATA": cifar_data}
-    driver = subprocess.Popen(
-        searchlab("sweep", str(TINY), "--arg", f"steps={steps}", "--arg", f"report_every={every}",
-                  "--name", "deepaa", "--storage", str(tmp_path)),
-        env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-        start_new_session=True)
-    try:
-        deadline = time.time() + 300
-        while time.time() < deadline:  # kill once layer 2 has reported twice and not finished
-            rows = trials(experiment).get("deepaa-s0/layer2", [[]])[0] if experiment.exists() else []
-            if 2 <= len(rows) < steps // every:
-                break
-            assert driver.poll() is None, driver.stderr.read().decode()[-2000:]
-            time.sleep(0.02)
-        else:
-            raise AssertionError("the search never got to the middle of layer 2")
-        left_behind = descendants(driver.pid)
-        os.killpg(driver.pid, signal.SIGKILL)
-        driver.wait(timeout=60)
-    finally:
-        for pid in [driver.pid, *descendants(driver.pid)]:
-            _kill(pid)
-    for pid in left_behind:
-        _kill(pid)
+    # result.json reaches the experiment folder with Tune's snapshots: one at every step, so that the
+    # watch below sees each report as it is made.
+    env = {**os.environ, "SEARCHLAB_DATA": cifar_data, "TUNE_GLOBAL_CHECKPOINT_S": "0"}
+
+    def mid_layer_2():  # layer 2 has reported twice and not finished
+        rows = trials(experiment).get("deepaa-s0/layer2", [[]])[0] if experiment.exists() else []
+        return 2 <= len(rows) < steps // every
+
+    interrupt(searchlab("sweep", str(TINY), "--arg", f"steps={steps}", "--arg", f"report_every={every}",
+                        "--name", "deepaa", "--storage", str(tmp_path)),
+              env, mid_layer_2, signal.SIGKILL, seconds=300, waiting_for="the middle of layer 2", whole_group=True)
     before = trials(experiment)
     reported_before = len(before["deepaa-s0/layer2"][0])
     assert reported_before < steps // every, "killed too late to test resume"

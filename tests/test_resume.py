@@ -47,38 +47,54 @@ def epochs_done(experiment):
     return done
 
 
+def tiny_sweep(epochs, storage):
+    """The command of a sweep of two small CNNs on 2,048 CIFAR-10 images, named "sweep" in ``storage``."""
+    return searchlab("sweep", TINY, "--arg", f"epochs={epochs}", "--arg", "model=small_cnn",
+                     "--arg", "train_size=2048", "--name", "sweep", "--storage", str(storage))
+
+
+def interrupt(command, env, ready, how, seconds, waiting_for, whole_group=False):
+    """Start the driver ``command`` in a session of its own, wait until ``ready()``, then send it (or
+    with ``whole_group`` its process group) ``how``. Afterwards stop what is still running below it,
+    and after a SIGKILL the Ray processes it had started, found by walking its process tree."""
+    driver = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, start_new_session=True)
+    def ready_now():
+        try:
+            return ready()
+        except ValueError:  # a JSON file caught while Tune copies it to the experiment: look again
+            return False
+
+    try:
+        deadline = time.time() + seconds
+        while not ready_now():
+            assert driver.poll() is None, driver.stderr.read().decode()[-2000:]
+            assert time.time() < deadline, f"the driver never got to {waiting_for} in {seconds} s"
+            time.sleep(0.02)
+        left_behind = descendants(driver.pid)
+        os.killpg(driver.pid, how) if whole_group else driver.send_signal(how)
+        driver.wait(timeout=120)
+    finally:
+        for pid in [driver.pid, *descendants(driver.pid)]:
+            _kill(pid)
+    if how == signal.SIGKILL:
+        for pid in left_behind:
+            _kill(pid)
+
+
 @pytest.mark.parametrize("how, cut", [(signal.SIGINT, False), (signal.SIGKILL, False), (signal.SIGKILL, True)],
                          ids=["sigint", "sigkill", "sigkill_state_cut_short"])
 def test_interrupted_sweep_resumes_without_redoing_epochs(cifar_data, tmp_path, how, cut):
     """``cut``: the kill also left Tune's experiment state cut short, as when it lands while Tune
     writes it; resume puts back the last readable copy."""
     experiment = tmp_path / "sweep"
-    env = {**os.environ, "SEARCHLAB_DATA": cifar_data}
-    driver = subprocess.Popen(
-        searchlab("sweep", TINY, "--arg", f"epochs={EPOCHS}", "--arg", "model=small_cnn",
-                  "--arg", "train_size=2048", "--name", "sweep", "--storage", str(tmp_path)),
-        env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-        start_new_session=True)
-    try:
-        # Interrupt once some trial has finished two epochs and none has finished all.
-        deadline = time.time() + 240
-        while time.time() < deadline:
-            done = epochs_done(experiment) if experiment.exists() else {}
-            if any(len(e) >= 2 for e in done.values()):
-                break
-            assert driver.poll() is None, driver.stderr.read().decode()[-2000:]
-            time.sleep(0.1)
-        else:
-            pytest.fail("the sweep made no progress")
-        left_behind = descendants(driver.pid)
-        driver.send_signal(how)
-        driver.wait(timeout=120)
-    finally:
-        for pid in [driver.pid, *descendants(driver.pid)]:
-            _kill(pid)
-    if how == signal.SIGKILL:
-        for pid in left_behind:  # Ray processes that the killed driver had started
-            _kill(pid)
+    # result.json reaches the experiment folder with Tune's snapshots: one at every step, so that the
+    # watch below sees each epoch as it is reported.
+    env = {**os.environ, "SEARCHLAB_DATA": cifar_data, "TUNE_GLOBAL_CHECKPOINT_S": "0"}
+    # Interrupt once some trial has finished two epochs and none has finished all.
+    interrupt(tiny_sweep(EPOCHS, tmp_path), env,
+              lambda: any(len(e) >= 2 for e in epochs_done(experiment).values()), how,
+              seconds=240, waiting_for="two epochs of a trial")
     before = epochs_done(experiment)
     assert any(len(e) < EPOCHS for e in before.values()), "interrupted too late to test resume"
     if cut:
@@ -178,25 +194,9 @@ def test_a_driver_killed_while_its_snapshot_names_deleted_checkpoints_resumes(ci
     Tune refuses to restore such a trial ("does not exist on storage anymore") and the resume fails."""
     experiment, epochs = tmp_path / "sweep", 12
     env = {**os.environ, "SEARCHLAB_DATA": cifar_data, "TUNE_GLOBAL_CHECKPOINT_S": "2"}
-    driver = subprocess.Popen(
-        searchlab("sweep", TINY, "--arg", f"epochs={epochs}", "--arg", "model=small_cnn",
-                  "--arg", "train_size=2048", "--name", "sweep", "--storage", str(tmp_path)),
-        env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-        start_new_session=True)
-    try:
-        deadline = time.time() + 300
-        while not snapshot_names_a_deleted_checkpoint(experiment):
-            assert driver.poll() is None, "the sweep ended first: " + driver.stderr.read().decode()[-2000:]
-            assert time.time() < deadline, "no snapshot named a deleted checkpoint"
-            time.sleep(0.1)
-        left_behind = descendants(driver.pid)
-        driver.send_signal(signal.SIGKILL)
-        driver.wait(timeout=120)
-    finally:
-        for pid in [driver.pid, *descendants(driver.pid)]:
-            _kill(pid)
-    for pid in left_behind:
-        _kill(pid)
+    interrupt(tiny_sweep(epochs, tmp_path), env,
+              lambda: snapshot_names_a_deleted_checkpoint(experiment), signal.SIGKILL,
+              seconds=300, waiting_for="a snapshot naming a deleted checkpoint")
 
     resumed = subprocess.run(searchlab("resume", str(experiment)), env=env, stdin=subprocess.DEVNULL,
                              capture_output=True, text=True, timeout=600)
