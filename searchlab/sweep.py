@@ -487,9 +487,13 @@ def _state_files(folder):
 
 
 def _readable(path):
+    return _whole(path.read_bytes())
+
+
+def _whole(data):
+    """Whether ``data`` is a whole state file, not one cut short or caught while being written."""
     import pickle
 
-    data = path.read_bytes()
     for load in (json.loads, pickle.loads):  # the basic-variant "json" is a pickle
         try:
             load(data)
@@ -506,12 +510,17 @@ def backup_state(experiment, copied):
             stamp = (path.stat().st_mtime_ns, path.stat().st_size)
         except FileNotFoundError:
             continue
-        if copied.get(path.name) == stamp or not _readable(path):
+        if copied.get(path.name) == stamp:
+            continue
+        # Read once: Tune may rewrite the file in place between two reads, so the bytes checked
+        # are the bytes copied (a second read once copied half a file over the last good copy).
+        data = path.read_bytes()
+        if not _whole(data):
             continue
         folder = Path(experiment) / STATE_BACKUP
         folder.mkdir(exist_ok=True)
         # On a full storage this leaves the last good copy, and no copy cut short beside it.
-        checkpoint.write_whole(folder, path.name, lambda f: f.write(path.read_bytes()))
+        checkpoint.write_whole(folder, path.name, lambda f: f.write(data))
         copied[path.name] = stamp
 
 
