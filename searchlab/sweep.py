@@ -442,9 +442,11 @@ def _callbacks(spec, experiment):
 
 # ---- Tune's experiment state, kept readable ------------------------------------------------------
 
-# Tune writes these in its staging folder and copies them to the experiment, both in place: a driver
-# killed in the middle leaves a file cut short, and Tuner.restore then fails on it.
-STATE_FILES = ("experiment_state-*.json", "basic-variant-state-*.json", "searcher-state-*.pkl")
+# Tune writes these (the controller's, the grid's generator's, Optuna's and DeepAA's generator's and
+# searcher's, the callbacks') in its staging folder and copies them to the experiment, both in place:
+# a driver killed in the middle leaves a file cut short, and Tuner.restore then fails on it.
+STATE_FILES = ("experiment_state-*.json", "basic-variant-state-*.json", "search_gen_state-*.json",
+               "searcher-state-*.pkl", "callback-states-*.pkl")
 STATE_BACKUP = ".searchlab_state"
 
 

@@ -99,8 +99,8 @@ def test_interrupted_sweep_resumes_without_redoing_epochs(cifar_data, tmp_path, 
     before = epochs_done(experiment)
     assert any(len(e) < EPOCHS for e in before.values()), "interrupted too late to test resume"
     if cut:
-        state, = experiment.glob("experiment_state-*.json")
-        state.write_bytes(state.read_bytes()[:len(state.read_bytes()) // 2])
+        for state in [*experiment.glob("experiment_state-*.json"), *experiment.glob("basic-variant-state-*.json")]:
+            state.write_bytes(state.read_bytes()[:len(state.read_bytes()) // 2])
         status = subprocess.run(searchlab("status", str(experiment)), capture_output=True, text=True)
         assert status.returncode != 0 and "is cut short" in status.stderr and "searchlab resume" in status.stderr
 
@@ -151,6 +151,18 @@ def test_the_state_backup_copies_the_bytes_it_found_whole(tmp_path, monkeypatch)
     assert state.read_bytes() != whole
     sweep.repair_state(tmp_path)
     assert state.read_bytes() == whole
+
+
+def test_the_state_backup_covers_every_file_tune_restores_from():
+    """A resume reads each of these; one cut short by a kill and not backed up fails the restore."""
+    from ray.tune.callback import CallbackList
+    from ray.tune.execution.tune_controller import TuneController
+    from ray.tune.search import BasicVariantGenerator, SearchGenerator, Searcher
+
+    from searchlab import sweep
+
+    for owner in (TuneController, BasicVariantGenerator, SearchGenerator, Searcher, CallbackList):
+        assert owner.CKPT_FILE_TMPL.format("*") in sweep.STATE_FILES, owner
 
 
 def test_resume_forgets_checkpoints_that_tune_deleted_after_its_last_snapshot(tmp_path):
