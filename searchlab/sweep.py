@@ -496,7 +496,7 @@ def _whole(data):
     """Whether ``data`` is a whole state file, not one cut short or caught while being written."""
     import pickle
 
-    for load in (json.loads, pickle.loads):  # the basic-variant "json" is a pickle
+    for load in (json.loads, pickle.loads):  # the generators' ".json" files are pickles
         try:
             load(data)
             return True
