@@ -85,13 +85,11 @@ def interrupt(command, env, ready, how, seconds, waiting_for, whole_group=False)
 # A plain SIGKILL mid-training: test_a_driver_killed_while_its_snapshot_names_deleted_checkpoints_resumes.
 @pytest.mark.parametrize("how, cut", [(signal.SIGINT, False), (signal.SIGKILL, True)],
                          ids=["sigint", "sigkill_state_cut_short"])
-def test_interrupted_sweep_resumes_without_redoing_epochs(cifar_data, tmp_path, how, cut):
+def test_interrupted_sweep_resumes_without_redoing_epochs(cifar_data, tmp_path, how, cut, prompt_results):
     """``cut``: the kill also left Tune's experiment state cut short, as when it lands while Tune
     writes it; resume puts back the last readable copy."""
     experiment = tmp_path / "sweep"
-    # result.json reaches the experiment folder with Tune's snapshots: one at every step, so that the
-    # watch below sees each epoch as it is reported.
-    env = {**os.environ, "SEARCHLAB_DATA": cifar_data, "TUNE_GLOBAL_CHECKPOINT_S": "0"}
+    env = {**os.environ, "SEARCHLAB_DATA": cifar_data}
     # Interrupt once some trial has finished two epochs and none has finished all.
     interrupt(tiny_sweep(EPOCHS, tmp_path), env,
               lambda: any(len(e) >= 2 for e in epochs_done(experiment).values()), how,
