@@ -31,8 +31,7 @@ def ray_session():
 @pytest.fixture
 def prompt_results(monkeypatch):
     """A trial's result.json reaches the experiment folder with Tune's snapshots, every 10 s or more:
-    for a test that watches it during a sweep (run in this process, or by a driver started with
-    this process's environment), snapshot at every step."""
+    for a test that watches it during a sweep run in this process, snapshot at every step."""
     monkeypatch.setenv("TUNE_GLOBAL_CHECKPOINT_S", "0")
 
 

@@ -13,7 +13,7 @@ import torch
 from searchlab import deepaa, deepaa_trials, sweep
 from searchlab.augment import policies
 from searchlab.data import load_dataset
-from test_resume import interrupt, searchlab
+from test_resume import SNAPSHOT_S, interrupt, searchlab
 
 TINY = Path(__file__).parent / "spaces" / "deepaa_tiny.py"
 
@@ -79,9 +79,9 @@ def test_smoke_search_end_to_end(ray_session, cifar_data, tmp_path):
     assert len(proxy_rows) == 1 and proxy_rows[0]["cached"] is True
 
 
-def test_driver_killed_mid_layer_resumes_at_that_layer_and_step(cifar_data, tmp_path, prompt_results):
+def test_driver_killed_mid_layer_resumes_at_that_layer_and_step(cifar_data, tmp_path):
     experiment, steps, every = tmp_path / "deepaa", 12, 2
-    env = {**os.environ, "SEARCHLAB_DATA": cifar_data}
+    env = {**os.environ, "SEARCHLAB_DATA": cifar_data, "TUNE_GLOBAL_CHECKPOINT_S": SNAPSHOT_S}
 
     def mid_layer_2():  # layer 2 has reported twice and not finished
         rows = trials(experiment).get("deepaa-s0/layer2", [[]])[0] if experiment.exists() else []
